@@ -1,0 +1,151 @@
+"""Reading one KiTS19 case (imaging + segmentation) safely, and finding its axial axis from the header.
+
+Everything that can be wrong with a case's files is checked here and reported as a `BadCaseError` that names
+the file, the problem and the fix, so the converter can skip the case (or stop, with --strict) without writing
+anything for it.
+
+Axial axis: the slice axis is taken from the direction matrix (the sitk index axis whose direction is closest to
+the patient's superior-inferior axis), never assumed to be an array axis. In the KiTS19 files it is sitk index
+axis 0 (nibabel's axis 0), which `sitk.GetArrayFromImage` puts LAST (numpy axis 2).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+KITS19_LABELS = (0, 1, 2)  # background, kidney, tumor
+
+
+class BadCaseError(Exception):
+    """A case whose files cannot be converted; the message names the file and the problem."""
+
+    def __init__(self, case_id: str, path: Path | str, problem: str):
+        self.case_id = case_id
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{case_id}: {path}: {problem}")
+
+
+@dataclass
+class CaseVolumes:
+    """A case's image and labels as (axial, row, column) numpy views, plus what is needed to map back.
+
+    `image_zyx[k]` is axial slice k as stored in the file (index k along the file's slice axis); rows follow
+    the index axis closest to the patient's anterior-posterior axis, columns the one closest to left-right.
+    The sitk images are kept so the numpy views (no copies) stay valid.
+    """
+
+    case_id: str
+    image_zyx: np.ndarray
+    labels_zyx: np.ndarray
+    sitk_axes_zyx: tuple[int, int, int]  # sitk index axis holding the slices, the rows, the columns
+    spacing_zyx: tuple[float, float, float]  # mm: slice distance, row spacing, column spacing
+    _keep_alive: tuple = ()
+
+
+def sitk_axes_from_direction(direction: tuple[float, ...]) -> tuple[int, int, int]:
+    """The sitk index axes that run along physical (z, y, x): superior-inferior, anterior-posterior, left-right.
+
+    `direction` is SimpleITK's row-major 3x3 matrix; column i is the physical direction of index axis i.
+    The permutation with the largest total alignment wins, so oblique scans still get one axis each.
+    """
+    matrix = np.abs(np.asarray(direction, dtype=float).reshape(3, 3))
+    physical_rows_zyx = (2, 1, 0)
+    best = max(
+        itertools.permutations(range(3)),
+        key=lambda axes: sum(matrix[row, axis] for row, axis in zip(physical_rows_zyx, axes)),
+    )
+    return tuple(int(axis) for axis in best)  # type: ignore[return-value]
+
+
+def _read_header(case_id: str, path: Path) -> sitk.ImageFileReader:
+    if not path.is_file():
+        raise BadCaseError(case_id, path, "file is missing; every case needs imaging.nii.gz and segmentation.nii.gz")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise BadCaseError(case_id, path, f"cannot be read as NIfTI (corrupt or not an image): {_first_line(error)}")
+    if reader.GetDimension() != 3:
+        raise BadCaseError(case_id, path, f"is {reader.GetDimension()}D; a 3D volume is expected")
+    if reader.GetNumberOfComponents() != 1:
+        raise BadCaseError(case_id, path, f"has {reader.GetNumberOfComponents()} components per voxel; expected 1")
+    return reader
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _read_pixels(case_id: str, path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))  # native pixel type: no float copy of the whole volume
+    except RuntimeError as error:
+        raise BadCaseError(case_id, path, f"is corrupt (data cannot be decoded): {_first_line(error)}")
+
+
+def _check_same_geometry(case_id: str, image: sitk.ImageFileReader, labels: sitk.ImageFileReader, path: Path) -> None:
+    if image.GetSize() != labels.GetSize():
+        raise BadCaseError(
+            case_id, path, f"size {labels.GetSize()} differs from imaging.nii.gz size {image.GetSize()}"
+        )
+    checks = (
+        ("spacing", image.GetSpacing(), labels.GetSpacing(), 1e-3),
+        ("origin", image.GetOrigin(), labels.GetOrigin(), 1e-2),
+        ("direction", image.GetDirection(), labels.GetDirection(), 1e-3),
+    )
+    for name, of_image, of_labels, tolerance in checks:
+        if not np.allclose(of_image, of_labels, atol=tolerance, rtol=1e-4):
+            raise BadCaseError(
+                case_id,
+                path,
+                f"{name} {tuple(round(v, 4) for v in of_labels)} differs from imaging.nii.gz "
+                f"{tuple(round(v, 4) for v in of_image)}; the mask is not on the image's voxel grid",
+            )
+
+
+def _check_labels(case_id: str, labels: np.ndarray, path: Path) -> None:
+    low, high = labels.min(), labels.max()
+    if low < 0 or high > 2:
+        raise BadCaseError(case_id, path, f"has labels in [{low}, {high}]; KiTS19 labels are 0, 1 (kidney), 2 (tumor)")
+    if np.issubdtype(labels.dtype, np.floating) and not np.all(np.mod(labels, 1) == 0):
+        raise BadCaseError(case_id, path, "has non-integer label values; KiTS19 labels are 0, 1, 2")
+    if high == 0:
+        raise BadCaseError(case_id, path, "has no kidney or tumor voxel (all labels 0); nothing to convert")
+
+
+def read_case(case_dir: Path) -> CaseVolumes:
+    """Read and check `case_dir/imaging.nii.gz` and `case_dir/segmentation.nii.gz`.
+
+    Raises BadCaseError for missing, corrupt or non-3D files, mismatched grids, unknown labels, or no kidney.
+    """
+    case_id = case_dir.name
+    image_path, labels_path = case_dir / "imaging.nii.gz", case_dir / "segmentation.nii.gz"
+    image_header = _read_header(case_id, image_path)
+    labels_header = _read_header(case_id, labels_path)
+    _check_same_geometry(case_id, image_header, labels_header, labels_path)
+
+    labels_image = _read_pixels(case_id, labels_path)
+    labels_array = sitk.GetArrayViewFromImage(labels_image)
+    _check_labels(case_id, labels_array, labels_path)
+    image = _read_pixels(case_id, image_path)
+
+    axes_zyx = sitk_axes_from_direction(image_header.GetDirection())
+    # numpy axis j of GetArrayViewFromImage is sitk index axis 2 - j
+    numpy_order = tuple(2 - axis for axis in axes_zyx)
+    spacing = image_header.GetSpacing()
+    return CaseVolumes(
+        case_id=case_id,
+        image_zyx=np.transpose(sitk.GetArrayViewFromImage(image), numpy_order),
+        labels_zyx=np.transpose(labels_array, numpy_order),
+        sitk_axes_zyx=axes_zyx,
+        spacing_zyx=tuple(float(spacing[axis]) for axis in axes_zyx),  # type: ignore[arg-type]
+        _keep_alive=(image, labels_image),
+    )
