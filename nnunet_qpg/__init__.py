@@ -1,3 +1,34 @@
-"""nnunet-qpg: Quantum Parameter Generation (HQC-TF) for nnU-Net v2 convolutions."""
+"""nnunet-qpg: Quantum Parameter Generation (HQC-TF, Sun et al., Sci. Rep. 2026) for nnU-Net v2 convolutions.
+
+    from nnunet_qpg import apply_qpg, bake
+    report = apply_qpg(network, targets=["decoder.seg_layers.*"], mode="replace", post="lpp", blocks=1)
+    print(report.table())
+    ...train...
+    bake(network)  # plain convolutions carrying the generated kernels
+"""
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "apply_qpg": "nnunet_qpg.surgery",
+    "bake": "nnunet_qpg.surgery",
+    "find_layers": "nnunet_qpg.surgery",
+    "mark_only_adapters_trainable": "nnunet_qpg.surgery",
+    "QPGConv": "nnunet_qpg.layers",
+    "QPGAConv": "nnunet_qpg.layers",
+    "ConvLoRA": "nnunet_qpg.layers",
+    "GeneratedKernelConv": "nnunet_qpg.layers",
+    "QPGReport": "nnunet_qpg.accounting",
+    "simulate_vqcs": "nnunet_qpg.simulator",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    # Lazy so that `nnunet-qpg --help` and trainer discovery do not pay for importing torch twice.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nnunet_qpg' has no attribute {name!r}")

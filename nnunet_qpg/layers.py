@@ -1,0 +1,293 @@
+"""Convolutions whose kernel is generated: QPGConv, QPGAConv (paper Eqs. 6-9) and ConvLoRA (the comparator).
+
+Every layer is built from an existing ``nn.ConvNd`` / ``nn.ConvTransposeNd`` (``from_conv``), behaves as that
+convolution (stride, padding, dilation, groups, bias, padding mode, output padding), exposes
+``generate_weight()`` with exactly the wrapped weight's shape, and turns back into the plain convolution
+with ``to_conv()`` ("baking").
+
+In eval mode without grad the generated kernel is cached until any of the layer's tensors changes (an
+optimizer step, ``load_state_dict``, ``.to()``) or the layer goes back to training, so inference costs what the
+plain convolution costs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_qpg.postprocessing import POST_PROCESSING, PostProcessing, make_post_processing
+from nnunet_qpg.simulator import num_qubits_for
+from nnunet_qpg.torchquantum_backend import BACKENDS, simulate
+
+__all__ = ["CONV_TYPES", "GeneratedKernelConv", "QPGConv", "QPGAConv", "ConvLoRA", "is_convolution"]
+
+CONV_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_TRANSPOSE_FUNCTIONS = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def is_convolution(module: nn.Module) -> bool:
+    """True for the plain torch convolutions QPG can wrap (Conv1d/2d/3d, ConvTranspose1d/2d/3d)."""
+    return isinstance(module, CONV_TYPES)
+
+
+class GeneratedKernelConv(nn.Module):
+    """A convolution whose kernel comes from ``generate_weight()``; the bias stays an ordinary parameter."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        if not is_convolution(conv):
+            accepted = ", ".join(t.__name__ for t in CONV_TYPES)
+            raise TypeError(f"{type(conv).__name__} is not a convolution; accepted: {accepted}")
+        self.conv_class: type[nn.Module] = type(conv)
+        self.transposed: bool = bool(conv.transposed)
+        self.num_spatial_dims: int = conv.weight.dim() - 2
+        self.in_channels: int = conv.in_channels
+        self.out_channels: int = conv.out_channels
+        self.kernel_size: tuple[int, ...] = tuple(conv.kernel_size)
+        self.stride = conv.stride
+        self.padding = conv.padding
+        self.dilation = conv.dilation
+        self.groups: int = conv.groups
+        self.output_padding = conv.output_padding
+        self.padding_mode: str = conv.padding_mode
+        self._reversed_padding_repeated_twice = getattr(conv, "_reversed_padding_repeated_twice", None)
+        self.weight_shape: torch.Size = conv.weight.shape
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+        self._cached_kernel: tuple[tuple, torch.Tensor] | None = None
+
+    # -- the kernel --------------------------------------------------------------------------------------------
+    def generate_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def classic_parameter_count(self) -> int:
+        """Number of kernel weights a classically trained layer would train (the paper's 'classic' count)."""
+        return math.prod(self.weight_shape)
+
+    @property
+    def added_parameter_count(self) -> int:
+        """Trainable parameters this layer adds in place of (or on top of) the kernel."""
+        return sum(p.numel() for name, p in self.named_parameters() if name != "bias" and p.requires_grad)
+
+    def _state_key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.parameters(), *self.buffers()))
+
+    def kernel(self) -> torch.Tensor:
+        """The kernel for this forward pass: generated with autograd, or cached in eval mode without grad."""
+        if self.training or torch.is_grad_enabled():
+            self._cached_kernel = None
+            return self._generate_in_full_precision()
+        key = self._state_key()
+        if self._cached_kernel is None or self._cached_kernel[0] != key:
+            self._cached_kernel = (key, self._generate_in_full_precision())
+        return self._cached_kernel[1]
+
+    @torch.compiler.disable
+    def _generate_in_full_precision(self) -> torch.Tensor:
+        # Autocast would run the state-vector matmuls in half precision; the kernel is tiny, keep it exact.
+        device_type = self.theta_device().type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self.generate_weight()
+
+    def theta_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def train(self, mode: bool = True) -> "GeneratedKernelConv":
+        self._cached_kernel = None
+        return super().train(mode)
+
+    # -- behave as the wrapped convolution ---------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        weight = self.kernel()
+        if weight.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+            weight = weight.to(x.dtype)
+        bias = self.bias
+        if self.transposed:
+            output_padding = nn.modules.conv._ConvTransposeNd._output_padding(
+                self, x, output_size, self.stride, self.padding, self.kernel_size, self.num_spatial_dims,
+                self.dilation,
+            )
+            conv_transpose = _CONV_TRANSPOSE_FUNCTIONS[self.num_spatial_dims]
+            return conv_transpose(x, weight, bias, self.stride, self.padding, output_padding, self.groups,
+                                  self.dilation)
+        conv = _CONV_FUNCTIONS[self.num_spatial_dims]
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def to_conv(self) -> nn.Module:
+        """Bake: the plain convolution this layer replaced, with the generated kernel as its weight."""
+        kwargs: dict[str, Any] = dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+            bias=self.bias is not None, padding_mode=self.padding_mode,
+        )
+        if self.transposed:
+            kwargs["output_padding"] = self.output_padding
+        reference = next(self.parameters())
+        conv = self.conv_class(self.in_channels, self.out_channels, self.kernel_size, **kwargs,
+                               device=reference.device, dtype=reference.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.generate_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        conv.train(self.training)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.conv_class.__name__}({self.in_channels}, {self.out_channels}, "
+                f"kernel_size={self.kernel_size}, stride={self.stride}, groups={self.groups}, "
+                f"bias={self.bias is not None})")
+
+
+class _QuantumGenerated(GeneratedKernelConv):
+    """Shared QPG machinery: one VQC per (target channel, kernel position), Eqs. 6-9 and SPEC section 3.
+
+    The weight's input- and output-channel sizes C_in, C_out (for a convolution ``weight.shape[1]`` and
+    ``[0]``, for a transposed convolution ``[0]`` and ``[1]``) decide the targets (Eq. 8): input channels when
+    C_in <= C_out, else output channels. Each VQC has n = max(1, ceil(log2 C_other)) qubits and fills its target
+    channel's weights at its kernel position along the other channel axis with its first C_other outputs.
+    """
+
+    def __init__(self, conv: nn.Module, post: str = "lpp", blocks: int = 1) -> None:
+        super().__init__(conv)
+        if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
+            raise ValueError(f"blocks must be an integer >= 1 (the paper uses 1), got {blocks!r}")
+        if str(post).lower() not in POST_PROCESSING:
+            make_post_processing(post, 1, 1)  # raises the message that lists the accepted names
+        in_axis, out_axis = (0, 1) if self.transposed else (1, 0)
+        c_in, c_out = self.weight_shape[in_axis], self.weight_shape[out_axis]
+        self.target_axis: int = in_axis if c_in <= c_out else out_axis
+        self.other_axis: int = 1 - self.target_axis
+        self.target_channels: int = self.weight_shape[self.target_axis]
+        self.other_channels: int = self.weight_shape[self.other_axis]
+        self.num_qubits: int = num_qubits_for(self.other_channels)
+        self.num_vqcs: int = self.target_channels * math.prod(self.kernel_size)
+        self.blocks: int = blocks
+        self.post_name: str = str(post).lower()
+        reference = conv.weight
+        # Uniform in [0, 1): the paper warns against angles at or near zero.
+        self.theta = nn.Parameter(
+            torch.rand(self.num_vqcs, blocks, 2, self.num_qubits, device=reference.device, dtype=reference.dtype)
+        )
+        self.post: PostProcessing = make_post_processing(self.post_name, self.num_qubits, self.other_channels)
+        self.post.to(device=reference.device, dtype=reference.dtype)
+        self.backend: str = "native"
+
+    def set_backend(self, backend: str) -> None:
+        """Simulate with ``"native"`` (default, batched) or ``"torchquantum"`` (gate by gate, for comparison)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown simulation backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+        self.backend = backend
+
+    @property
+    def qpg_parameter_count(self) -> int:
+        """The paper's QPG parameter count: the number of VQC angles."""
+        return self.theta.numel()
+
+    def quantum_kernel(self) -> torch.Tensor:
+        """The generated tensor of Eq. 6 / Eq. 8, shaped like the wrapped convolution's weight."""
+        amplitudes = simulate(self.theta, num_outputs=self.other_channels, backend=self.backend)
+        values = self.post(amplitudes)  # [num_vqcs, C_other], rows ordered (target, k_1, k_2, ...)
+        values = values.reshape(self.target_channels, *self.kernel_size, self.other_channels)
+        spatial = list(range(1, 1 + self.num_spatial_dims))
+        last = 1 + self.num_spatial_dims
+        order = [0, last, *spatial] if self.target_axis == 0 else [last, 0, *spatial]
+        return values.permute(order).contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, post={self.post_name!r}, blocks={self.blocks}, "
+                f"vqcs={self.num_vqcs}, qubits={self.num_qubits}")
+
+
+class QPGConv(_QuantumGenerated):
+    """QPGConv (Eqs. 6, 8): the kernel IS the VQC-generated tensor; the bias stays classical and trainable."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, post: str = "lpp", blocks: int = 1) -> "QPGConv":
+        return cls(conv, post=post, blocks=blocks)
+
+    def generate_weight(self) -> torch.Tensor:
+        return self.quantum_kernel()
+
+
+class QPGAConv(_QuantumGenerated):
+    """QPGAConv (Eqs. 7, 9): W' = W + generated tensor, with W the frozen base kernel (pretrained or initial).
+
+    ``start_at_base=True`` subtracts the increment's value at initialisation (kept as the buffer
+    ``initial_increment``), so the layer starts exactly at the base function. Off by default: the paper does
+    not do it. The bias is frozen with the base kernel unless ``train_bias=True``.
+    """
+
+    def __init__(self, conv: nn.Module, post: str = "lpp", blocks: int = 1, start_at_base: bool = False,
+                 train_bias: bool = False) -> None:
+        super().__init__(conv, post=post, blocks=blocks)
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        if self.bias is not None:
+            self.bias.requires_grad_(train_bias)
+        self.start_at_base = start_at_base
+        if start_at_base:
+            with torch.no_grad():
+                self.register_buffer("initial_increment", self.quantum_kernel().detach().clone())
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, post: str = "lpp", blocks: int = 1, start_at_base: bool = False,
+                  train_bias: bool = False) -> "QPGAConv":
+        return cls(conv, post=post, blocks=blocks, start_at_base=start_at_base, train_bias=train_bias)
+
+    def generate_weight(self) -> torch.Tensor:
+        increment = self.quantum_kernel()
+        if self.start_at_base:
+            increment = increment - self.initial_increment
+        return self.weight + increment
+
+
+class ConvLoRA(GeneratedKernelConv):
+    """ConvLoRA as loralib defines it (SPEC section 4): W' = W + (B @ A).view(W.shape) * alpha / r.
+
+    For kernel side k, ``lora_A`` is ``[r*k, C_in*k]`` and ``lora_B`` ``[numel(W) / (C_in*k), r*k]``, which for a
+    2D convolution is loralib's ``[C_out/groups*k, r*k]``. B starts at zero, A Kaiming-uniform, W frozen.
+    ``alpha`` defaults to r (scale 1).
+    """
+
+    def __init__(self, conv: nn.Module, r: int = 8, alpha: float | None = None, train_bias: bool = False) -> None:
+        super().__init__(conv)
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ValueError(f"LoRA rank r must be an integer >= 1, got {r!r}")
+        if len(set(self.kernel_size)) != 1:
+            raise ValueError(f"ConvLoRA needs a square (cubic) kernel, got kernel_size={self.kernel_size}")
+        k = self.kernel_size[0]
+        self.r = r
+        self.alpha = float(r if alpha is None else alpha)
+        self.scaling = self.alpha / r
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        if self.bias is not None:
+            self.bias.requires_grad_(train_bias)
+        columns = self.in_channels * k
+        rows = self.weight.numel() // columns
+        self.lora_A = nn.Parameter(self.weight.new_zeros(r * k, columns))
+        self.lora_B = nn.Parameter(self.weight.new_zeros(rows, r * k))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, r: int = 8, alpha: float | None = None,
+                  train_bias: bool = False) -> "ConvLoRA":
+        return cls(conv, r=r, alpha=alpha, train_bias=train_bias)
+
+    def generate_weight(self) -> torch.Tensor:
+        return self.weight + (self.lora_B @ self.lora_A).view(self.weight_shape) * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, r={self.r}, alpha={self.alpha}"

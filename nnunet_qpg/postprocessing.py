@@ -1,0 +1,101 @@
+"""Post-processing: VQC amplitudes to classical weights (paper Eqs. 3-5, SPEC section 2).
+
+Each strategy is a small module mapping complex amplitudes ``[num_vqcs, M]`` (the first M basis states of
+every VQC's final state) to real weights of the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "POST_PROCESSING",
+    "PostProcessing",
+    "RealComponentExtraction",
+    "LinearProbabilityProjection",
+    "ShiftScaleTransformation",
+    "make_post_processing",
+]
+
+
+def probabilities(amplitudes: torch.Tensor) -> torch.Tensor:
+    """Born-rule probabilities |psi_i|^2 (real and imaginary squares: no sqrt, so the gradient is smooth at 0)."""
+    return amplitudes.real.square() + amplitudes.imag.square()
+
+
+class PostProcessing(nn.Module):
+    """Base class. ``name`` is the short name used in configs; ``extra_parameters`` its trainable count."""
+
+    name: str = ""
+
+    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class RealComponentExtraction(PostProcessing):
+    """RCE, Eq. 3: y_i = Re(psi_i). No trainable parameters."""
+
+    name = "rce"
+
+    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
+        return amplitudes.real
+
+
+class ShiftScaleTransformation(PostProcessing):
+    """SST, Eq. 5: y_i = (pi/2)(p_i - 0.5), values in [-pi/4, pi/4]. No trainable parameters."""
+
+    name = "sst"
+
+    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
+        return (math.pi / 2) * (probabilities(amplitudes) - 0.5)
+
+
+class LinearProbabilityProjection(PostProcessing):
+    """LPP, Eq. 4: y_i = w . [p_i, d_0, ..., d_{n-1}] + b, with d_k the k-th bit of i (d_0 least significant).
+
+    One ``Linear(n + 1 -> 1)`` per layer, shared by all its VQCs: n + 2 trainable parameters.
+    """
+
+    name = "lpp"
+
+    def __init__(self, num_qubits: int, num_outputs: int) -> None:
+        super().__init__()
+        if num_outputs > 1 << num_qubits:
+            raise ValueError(f"{num_outputs} outputs do not fit in the 2^{num_qubits} amplitudes of {num_qubits} qubits")
+        self.num_qubits = num_qubits
+        self.projection = nn.Linear(num_qubits + 1, 1)
+        index = torch.arange(num_outputs)
+        bits = torch.stack([(index >> k) & 1 for k in range(num_qubits)], dim=-1)
+        # Not persistent: it is a function of the shape, so checkpoints stay free of it.
+        self.register_buffer("bits", bits.to(torch.get_default_dtype()), persistent=False)
+
+    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
+        p = probabilities(amplitudes)
+        weight = self.projection.weight[0].to(p.dtype)
+        bias = self.projection.bias[0].to(p.dtype)
+        # The bit term is the same for every VQC: [M] broadcast over [num_vqcs, M].
+        bit_term = self.bits.to(p.dtype) @ weight[1:]
+        return p * weight[0] + bit_term + bias
+
+
+POST_PROCESSING: dict[str, str] = {
+    "rce": "Real Component Extraction, Eq. 3: Re(psi_i); no extra parameters",
+    "lpp": "Linear Probability Projection, Eq. 4: Linear([p_i, bits of i]); n+2 extra parameters per layer",
+    "sst": "Shift and Scale Transformation, Eq. 5: (pi/2)(p_i - 0.5); no extra parameters",
+}
+
+
+def make_post_processing(name: str, num_qubits: int, num_outputs: int) -> PostProcessing:
+    """Build the strategy called ``name`` ('rce', 'lpp' or 'sst') for one layer."""
+    key = str(name).lower()
+    if key == "rce":
+        return RealComponentExtraction()
+    if key == "sst":
+        return ShiftScaleTransformation()
+    if key == "lpp":
+        return LinearProbabilityProjection(num_qubits, num_outputs)
+    accepted = ", ".join(f"'{k}' ({v})" for k, v in POST_PROCESSING.items())
+    raise ValueError(f"unknown post-processing {name!r}; accepted: {accepted}")
