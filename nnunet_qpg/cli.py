@@ -13,6 +13,7 @@ from typing import Sequence
 
 # name -> (module, one-line help). Keep in the order a new user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("nnunet_qpg.commands.demo", "synthetic KiTS19 end to end: convert, train QPG and baseline, predict, evaluate"),
     "trainers-path": ("nnunet_qpg.commands.trainers_path", "print the folder to export as nnUNet_extTrainer"),
     "info": ("nnunet_qpg.commands.info", "parameter table of QPG placed on a network planned by nnU-Net"),
     "new-trainer": ("nnunet_qpg.commands.new_trainer", "write a trainer file that puts QPG on chosen layers"),
@@ -21,6 +22,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nnunet_qpg.dataset_conversion.kits19_to_nnunet2d",
         "KiTS19 to nnU-Net 2D datasets (paper split and windowing)",
     ),
+    "predict": ("nnunet_qpg.commands.predict", "masks for a folder of 3D CT volumes with a trained 2D model"),
+    "predict-kits19": ("nnunet_qpg.commands.predict_kits19", "two-stage kidney then tumour prediction, KiTS19 labels"),
+    "export": ("nnunet_qpg.commands.export", "bake QPG layers into a model folder stock nnU-Net can use"),
+    "evaluate": ("nnunet_qpg.commands.evaluate", "per-image IoU and DSC (Eqs. 10-11) and per-volume Dice"),
+    "report": ("nnunet_qpg.commands.report", "several trained models side by side (paper Table 1)"),
+    "overlay": ("nnunet_qpg.commands.overlay", "PNG figures: image, ground truth and predictions (paper Fig. 4)"),
 }
 
 
