@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_qpg.dataset_conversion.nifti_gzip_check import truncation_problem
+
 KITS19_LABELS = (0, 1, 2)  # background, kidney, tumor
 
 
@@ -72,6 +74,9 @@ def _read_header(case_id: str, path: Path) -> sitk.ImageFileReader:
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise BadCaseError(case_id, path, f"cannot be read as NIfTI (corrupt or not an image): {_first_line(error)}")
+    problem = truncation_problem(path)
+    if problem:
+        raise BadCaseError(case_id, path, problem)
     if reader.GetDimension() != 3:
         raise BadCaseError(case_id, path, f"is {reader.GetDimension()}D; a 3D volume is expected")
     if reader.GetNumberOfComponents() != 1:
