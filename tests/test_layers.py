@@ -1,0 +1,186 @@
+"""QPGConv, QPGAConv and ConvLoRA: the paper's counts, conv behaviour, gradients, caching, baking, errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nnunet_qpg.layers import ConvLoRA, QPGAConv, QPGConv
+from nnunet_qpg.postprocessing import LinearProbabilityProjection, make_post_processing
+from nnunet_qpg.simulator import simulate_vqcs
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out,kernel,targets,vqcs,qubits,qpg_params,classic",
+    [
+        (64, 1, 3, "output", 9, 6, 108, 576),  # UNetPP final layer (Table 3)
+        (64, 64, 3, "input", 576, 6, 6912, 36864),  # PEFT layer (Table 3)
+        (512, 32, 2, "output", 128, 9, 2304, 65536),  # Scenario 1
+        (64, 256, 3, "input", 576, 8, 9216, 147456),  # Scenario 2
+    ],
+)
+def test_paper_parameter_counts(c_in, c_out, kernel, targets, vqcs, qubits, qpg_params, classic) -> None:
+    conv = nn.Conv2d(c_in, c_out, kernel, bias=False)
+    layer = QPGConv.from_conv(conv, post="rce", blocks=1)
+    assert layer.num_vqcs == vqcs
+    assert layer.num_qubits == qubits
+    assert layer.qpg_parameter_count == layer.theta.numel() == qpg_params
+    assert layer.classic_parameter_count == classic
+    assert layer.target_axis == (1 if targets == "input" else 0)
+    assert tuple(layer.theta.shape) == (vqcs, 1, 2, qubits)
+    assert layer.generate_weight().shape == conv.weight.shape
+    # Blocks multiply the angle count.
+    assert QPGConv.from_conv(conv, blocks=3).qpg_parameter_count == 3 * qpg_params
+
+
+@pytest.mark.parametrize("rank,expected", [(8, 9216), (16, 18432)])
+def test_conv_lora_parameter_counts(rank: int, expected: int) -> None:
+    layer = ConvLoRA.from_conv(nn.Conv2d(64, 64, 3), r=rank)
+    assert layer.lora_A.numel() + layer.lora_B.numel() == expected
+    assert tuple(layer.lora_A.shape) == (rank * 3, 64 * 3)
+    assert tuple(layer.lora_B.shape) == (64 * 3, rank * 3)
+
+
+def test_lpp_adds_n_plus_two_parameters() -> None:
+    layer = QPGConv.from_conv(nn.Conv2d(64, 1, 3), post="lpp")
+    assert sum(p.numel() for p in layer.post.parameters()) == layer.num_qubits + 2 == 8
+    assert QPGConv.from_conv(nn.Conv2d(64, 1, 3), post="sst").post.__class__.__name__ == "ShiftScaleTransformation"
+
+
+def test_generated_kernel_follows_eq8_indexing() -> None:
+    """W[c_out, c_in, kh, kw] = VQC_{c_in, kh, kw}[c_out] when C_in <= C_out (row-major VQC order)."""
+    conv = nn.Conv2d(3, 5, (2, 3), bias=False)
+    layer = QPGConv.from_conv(conv, post="rce")
+    weight = layer.generate_weight()
+    states = simulate_vqcs(layer.theta.detach(), num_outputs=5).real  # [3*2*3, 5]
+    for c_in in range(3):
+        for kh in range(2):
+            for kw in range(3):
+                row = (c_in * 2 + kh) * 3 + kw
+                torch.testing.assert_close(weight[:, c_in, kh, kw], states[row])
+    # C_in > C_out: targets are the output channels, VQC_{c_out, k}[c_in].
+    layer = QPGConv.from_conv(nn.Conv1d(6, 2, 3, bias=False), post="rce")
+    weight = layer.generate_weight()
+    states = simulate_vqcs(layer.theta.detach(), num_outputs=6).real
+    torch.testing.assert_close(weight[1, :, 2], states[1 * 3 + 2])
+
+
+def test_post_processing_formulas() -> None:
+    amplitudes = simulate_vqcs(torch.rand(4, 1, 2, 3))
+    p = amplitudes.abs().square()
+    torch.testing.assert_close(make_post_processing("rce", 3, 8)(amplitudes), amplitudes.real)
+    torch.testing.assert_close(make_post_processing("SST", 3, 8)(amplitudes), (math.pi / 2) * (p - 0.5))
+    lpp = LinearProbabilityProjection(3, 8)
+    w, b = lpp.projection.weight[0].detach(), lpp.projection.bias[0].detach()
+    expected = torch.empty(4, 8)
+    for i in range(8):
+        bits = torch.tensor([(i >> k) & 1 for k in range(3)], dtype=torch.float32)  # d_0 least significant
+        expected[:, i] = w[0] * p[:, i] + (w[1:] * bits).sum() + b
+    torch.testing.assert_close(lpp(amplitudes).detach(), expected)
+
+
+CONVS = [
+    lambda: nn.Conv1d(4, 6, 3, groups=2, padding=1),
+    lambda: nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=1),
+    lambda: nn.Conv2d(8, 3, 3, padding=2, dilation=2, bias=False),
+    lambda: nn.Conv2d(3, 5, 3, padding=1, padding_mode="reflect"),
+    lambda: nn.Conv3d(4, 4, (1, 3, 3), padding=(0, 1, 1), groups=4),
+    lambda: nn.ConvTranspose1d(5, 3, 4, stride=2),
+    lambda: nn.ConvTranspose2d(16, 8, 2, stride=2),
+    lambda: nn.ConvTranspose3d(6, 9, 3, groups=3, padding=1, output_padding=1, stride=2),
+]
+
+
+@pytest.mark.parametrize("make_conv", CONVS)
+@pytest.mark.parametrize("mode", ["replace", "adapter", "lora"])
+def test_layer_behaves_as_the_convolution_with_the_generated_kernel(make_conv, mode) -> None:
+    torch.manual_seed(0)
+    conv = make_conv()
+    if mode == "lora" and len(set(conv.kernel_size)) != 1:
+        pytest.skip("ConvLoRA is defined for square kernels")
+    layer = {"replace": QPGConv.from_conv, "adapter": QPGAConv.from_conv, "lora": ConvLoRA.from_conv}[mode](conv)
+    x = torch.randn(2, conv.in_channels, *([7] * (conv.weight.dim() - 2)))
+    weight = layer.generate_weight()
+    assert weight.shape == conv.weight.shape
+    reference = copy.deepcopy(conv)
+    reference.weight.data = weight.detach()
+    torch.testing.assert_close(layer(x), reference(x))
+    baked = layer.to_conv()
+    assert type(baked) is type(conv)
+    assert (baked(x) - layer(x)).abs().max().item() <= 1e-5
+    if mode != "replace":
+        assert not layer.weight.requires_grad
+        torch.testing.assert_close(layer.weight, conv.weight)
+
+
+def test_adapter_start_at_base_reproduces_the_base_convolution() -> None:
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    x = torch.randn(2, 8, 9, 9)
+    plain = QPGAConv.from_conv(conv)
+    assert (plain(x) - conv(x)).abs().max() > 1e-3  # the paper's adapter does not start at the base
+    layer = QPGAConv.from_conv(conv, start_at_base=True)
+    assert "initial_increment" in layer.state_dict()
+    torch.testing.assert_close(layer(x), conv(x))
+    loss = layer(x).square().mean()
+    loss.backward()
+    assert layer.theta.grad is not None and layer.theta.grad.abs().sum() > 0
+    assert layer.weight.grad is None and layer.bias.grad is None
+
+
+@pytest.mark.parametrize("post", ["rce", "lpp", "sst"])
+def test_gradcheck_every_post_processing(post: str) -> None:
+    layer = QPGConv.from_conv(nn.Conv2d(3, 5, 2).double(), post=post, blocks=2)
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    names = [name for name, _ in layer.named_parameters()]
+    assert "theta" in names and ("post.projection.weight" in names) == (post == "lpp")
+
+    def output(*tensors: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, dict(zip(names, tensors)), (x,))
+
+    inputs = tuple(p.detach().clone().requires_grad_(True) for p in layer.parameters())
+    assert torch.autograd.gradcheck(output, inputs)
+
+
+def test_eval_cache_is_reused_and_recomputed_after_an_optimizer_step() -> None:
+    layer = QPGConv.from_conv(nn.Conv2d(4, 4, 3, padding=1))
+    x = torch.randn(1, 4, 6, 6)
+    layer.eval()
+    with torch.no_grad():
+        first = layer(x)
+        kernel = layer.kernel()
+        assert layer.kernel() is kernel  # cached: no new simulation
+    # Training changes theta in place; eval must see the new kernel.
+    layer.train()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    layer(x).square().mean().backward()
+    optimizer.step()
+    layer.eval()
+    with torch.no_grad():
+        second = layer(x)
+        assert layer.kernel() is not kernel
+        torch.testing.assert_close(layer.kernel(), layer.generate_weight())
+    assert (first - second).abs().max() > 1e-4
+    # An in-place edit in eval mode (no train() call in between) also invalidates the cache.
+    with torch.no_grad():
+        layer.theta.add_(0.5)
+        torch.testing.assert_close(layer.kernel(), layer.generate_weight())
+    # With grad enabled the kernel is regenerated with autograd, never taken from the cache.
+    assert layer.kernel().requires_grad
+
+
+def test_bad_arguments_say_what_is_accepted() -> None:
+    conv = nn.Conv2d(4, 4, 3)
+    with pytest.raises(ValueError, match=r"unknown post-processing 'softmax'; accepted: 'rce'.*'lpp'.*'sst'"):
+        QPGConv.from_conv(conv, post="softmax")
+    with pytest.raises(ValueError, match="blocks must be an integer >= 1"):
+        QPGConv.from_conv(conv, blocks=0)
+    with pytest.raises(TypeError, match="Linear is not a convolution; accepted: Conv1d"):
+        QPGConv.from_conv(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="rank r must be an integer >= 1"):
+        ConvLoRA.from_conv(conv, r=0)
+    with pytest.raises(ValueError, match="square"):
+        ConvLoRA.from_conv(nn.Conv2d(4, 4, (1, 3)))
