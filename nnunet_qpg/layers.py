@@ -84,8 +84,13 @@ class GeneratedKernelConv(nn.Module):
     def _state_key(self) -> tuple:
         return tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.parameters(), *self.buffers()))
 
+    @torch.compiler.disable
     def kernel(self) -> torch.Tensor:
-        """The kernel for this forward pass: generated with autograd, or cached in eval mode without grad."""
+        """The kernel for this forward pass: generated with autograd, or cached in eval mode without grad.
+
+        Kept out of torch.compile graphs: the simulation is complex-valued and tiny, and the cache check reads
+        tensor versions, which compiled graphs cannot guard on.
+        """
         if self.training or torch.is_grad_enabled():
             self._cached_kernel = None
             return self._generate_in_full_precision()
@@ -94,7 +99,6 @@ class GeneratedKernelConv(nn.Module):
             self._cached_kernel = (key, self._generate_in_full_precision())
         return self._cached_kernel[1]
 
-    @torch.compiler.disable
     def _generate_in_full_precision(self) -> torch.Tensor:
         # Autocast would run the state-vector matmuls in half precision; the kernel is tiny, keep it exact.
         device_type = self.theta_device().type
