@@ -5,7 +5,7 @@ process), which reports its own peak resident memory (VmHWM from /proc/self/stat
 With --workers N the converter holds at most N cases at once, so its peak is about N times this figure.
 The issue asks for a peak under 3 GiB on the largest case.
 
-usage: python benchmarks/bench_conversion.py [--workdir DIR] [--keep] [--cases largest,typical]
+usage: python benchmarks/bench_conversion.py [--workdir DIR] [--keep] [--cases largest,typical] [--dtype int16]
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where to write the synthetic cases (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic cases and outputs")
     parser.add_argument("--cases", default="largest,typical", help="comma-separated subset of: largest, typical")
+    parser.add_argument("--dtype", choices=("int16", "float32"), default="int16",
+                        help="voxel type of the synthetic imaging.nii.gz (default: int16)")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-kits19-"))
@@ -68,7 +70,7 @@ def main() -> int:
             folder, shape, spacing = CASES[name]
             kits19, output = workdir / name / "kits19", workdir / name / "out"
             started = time.perf_counter()
-            make_synthetic_case(kits19 / folder, seed=1, shape=shape, spacing=spacing)
+            make_synthetic_case(kits19 / folder, seed=1, shape=shape, spacing=spacing, dtype=args.dtype)
             synth_seconds = time.perf_counter() - started
             seconds, peak_gib, code = convert_in_child(kits19, output)
             images = sum(1 for _ in output.glob("Dataset*/images*/*.nii.gz"))

@@ -37,7 +37,6 @@ from nnunet_qpg.dataset_conversion.kits19_slices import (
     MEDIAN_FILTER_SIZE,
     resize_image,
     resize_mask,
-    slices_with_labels,
     tumor_regions,
     window_and_denoise,
 )
@@ -121,8 +120,7 @@ def _write_case(job: CaseJob) -> None:
     }
     with contextlib.ExitStack() as stack:
         writers = {task: stack.enter_context(RawDataset(Path(folder)).open_case(case_id)) for task, folder in job.targets.items()}
-        for slice_index in slices_with_labels(volumes.labels_zyx):
-            labels_2d = np.ascontiguousarray(volumes.labels_zyx[slice_index])
+        for slice_index, labels_2d in zip(volumes.labelled_slices, volumes.labelled_labels):
             image_2d = window_and_denoise(np.ascontiguousarray(volumes.image_zyx[slice_index]), window, denoise)
             rows, cols = labels_2d.shape
             common = {

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_qpg.dataset_conversion.kits19_slices import slices_with_labels
 from nnunet_qpg.dataset_conversion.nifti_gzip_check import truncation_problem
 
 KITS19_LABELS = (0, 1, 2)  # background, kidney, tumor
@@ -35,16 +36,19 @@ class BadCaseError(Exception):
 
 @dataclass
 class CaseVolumes:
-    """A case's image and labels as (axial, row, column) numpy views, plus what is needed to map back.
+    """A case's image as an (axial, row, column) numpy view, and the labels of its labelled slices only.
 
     `image_zyx[k]` is axial slice k as stored in the file (index k along the file's slice axis); rows follow
     the index axis closest to the patient's anterior-posterior axis, columns the one closest to left-right.
-    The sitk images are kept so the numpy views (no copies) stay valid.
+    `labelled_labels[i]` is the label slice of `labelled_slices[i]` (the slices with any label > 0): keeping only
+    those lets the full label volume go before the image is read, which lowers the peak memory.
+    The sitk image is kept so the numpy view (no copy) stays valid.
     """
 
     case_id: str
     image_zyx: np.ndarray
-    labels_zyx: np.ndarray
+    labelled_slices: np.ndarray
+    labelled_labels: np.ndarray
     sitk_axes_zyx: tuple[int, int, int]  # sitk index axis holding the slices, the rows, the columns
     spacing_zyx: tuple[float, float, float]  # mm: slice distance, row spacing, column spacing
     _keep_alive: tuple = ()
@@ -137,20 +141,25 @@ def read_case(case_dir: Path) -> CaseVolumes:
     labels_header = _read_header(case_id, labels_path)
     _check_same_geometry(case_id, image_header, labels_header, labels_path)
 
-    labels_image = _read_pixels(case_id, labels_path)
-    labels_array = sitk.GetArrayViewFromImage(labels_image)
-    _check_labels(case_id, labels_array, labels_path)
-    image = _read_pixels(case_id, image_path)
-
     axes_zyx = sitk_axes_from_direction(image_header.GetDirection())
     # numpy axis j of GetArrayViewFromImage is sitk index axis 2 - j
     numpy_order = tuple(2 - axis for axis in axes_zyx)
+
+    labels_image = _read_pixels(case_id, labels_path)
+    labels_zyx = np.transpose(sitk.GetArrayViewFromImage(labels_image), numpy_order)
+    _check_labels(case_id, labels_zyx, labels_path)
+    labelled_slices = slices_with_labels(labels_zyx)
+    labelled_labels = np.ascontiguousarray(labels_zyx[labelled_slices])
+    del labels_zyx, labels_image  # free the label volume before the (larger) image is read
+
+    image = _read_pixels(case_id, image_path)
     spacing = image_header.GetSpacing()
     return CaseVolumes(
         case_id=case_id,
         image_zyx=np.transpose(sitk.GetArrayViewFromImage(image), numpy_order),
-        labels_zyx=np.transpose(labels_array, numpy_order),
+        labelled_slices=labelled_slices,
+        labelled_labels=labelled_labels,
         sitk_axes_zyx=axes_zyx,
         spacing_zyx=tuple(float(spacing[axis]) for axis in axes_zyx),  # type: ignore[arg-type]
-        _keep_alive=(image, labels_image),
+        _keep_alive=(image,),
     )
