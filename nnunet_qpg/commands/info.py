@@ -1,0 +1,126 @@
+"""Parameter table of QPG placed on a network planned by nnU-Net, without training.
+
+Builds the network of a planned configuration (after nnUNetv2_plan_and_preprocess) exactly as a trainer would,
+applies the trainer's QPG settings (or the ones given here) and prints, per swapped layer, the classic and QPG
+parameter counts, qubits and VQCs, then the trainable totals before and after. --list prints the convolution
+names that --targets patterns match against.
+
+examples:
+  nnunet-qpg info -d 701 -c 2d                                  # nnUNetTrainerQPG on the planned network
+  nnunet-qpg info -d 701 -c 2d -tr nnUNetTrainerQPGA
+  nnunet-qpg info -d 701 -c 2d --targets "decoder.stages.0.*" --mode adapter --blocks 2
+  nnunet-qpg info --plans nnUNetPlans.json --dataset-json dataset.json -c 2d --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("planned network (one of)")
+    source.add_argument("-d", "--dataset", help="dataset name or id in $nnUNet_preprocessed")
+    source.add_argument("--plans", type=Path, help="a plans .json file (e.g. from a results folder)")
+    parser.add_argument("-p", "--plans-name", default="nnUNetPlans", help="plans identifier with -d (default: nnUNetPlans)")
+    parser.add_argument("--dataset-json", type=Path, default=None,
+                        help="dataset.json for --plans (default: the one beside the plans file)")
+    parser.add_argument("-c", "--configuration", default="2d", help="configuration (default: 2d)")
+    parser.add_argument("-tr", "--trainer", default="nnUNetTrainerQPG",
+                        help="trainer whose settings to apply (default: nnUNetTrainerQPG); searched as nnU-Net does, "
+                             "then in this package's trainers")
+    override = parser.add_argument_group("override the trainer's settings")
+    override.add_argument("--targets", nargs="+", metavar="PATTERN", help="glob patterns over module names")
+    override.add_argument("--mode", choices=("replace", "adapter", "lora"))
+    override.add_argument("--post", choices=("rce", "lpp", "sst"))
+    override.add_argument("--blocks", type=int)
+    override.add_argument("--rank", type=int, help="LoRA rank")
+    parser.add_argument("--list", action="store_true", help="list the network's convolutions and stop")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+def _find_trainer(name: str):
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    from nnunet_qpg.commands.trainers_path import trainers_path
+
+    try:
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+        return recursive_find_trainer_class_by_name(name)
+    except (RuntimeError, AssertionError):
+        found = recursive_find_python_class(trainers_path(), name, None, base_folder=trainers_path())
+        if found is None:
+            raise ValueError(f"trainer {name!r} not found in nnU-Net, in $nnUNet_extTrainer nor in "
+                             f"{trainers_path()}") from None
+        return found
+
+
+def _load_plans(args: argparse.Namespace) -> tuple[dict, dict]:
+    if args.plans is not None:
+        plans_file = args.plans
+        dataset_json_file = args.dataset_json or plans_file.parent / "dataset.json"
+    elif args.dataset is not None:
+        from nnunetv2.paths import nnUNet_preprocessed
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+        if not nnUNet_preprocessed:
+            raise ValueError("nnUNet_preprocessed is not set; export it or pass --plans PLANS.json")
+        folder = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset)
+        plans_file = folder / f"{args.plans_name}.json"
+        dataset_json_file = args.dataset_json or folder / "dataset.json"
+    else:
+        raise ValueError("give -d DATASET (planned in $nnUNet_preprocessed) or --plans PLANS.json")
+    for path in (plans_file, dataset_json_file):
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist; run nnUNetv2_plan_and_preprocess first or give the right path")
+    return json.loads(plans_file.read_text()), json.loads(dataset_json_file.read_text())
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
+    from nnunet_qpg.surgery import _conv_listing
+
+    try:
+        plans, dataset_json = _load_plans(args)
+        plans_manager = PlansManager(plans)
+        if args.configuration not in plans["configurations"]:
+            raise ValueError(f"configuration {args.configuration!r} is not planned; planned: "
+                             f"{', '.join(plans['configurations'])}")
+        configuration_manager = plans_manager.get_configuration(args.configuration)
+        trainer = _find_trainer(args.trainer)
+        if not issubclass(trainer, nnUNetTrainerQPGBase):
+            trainer = type(trainer.__name__, (nnUNetTrainerQPGBase,), {})
+        overrides = {key: value for key, value in (("qpg_targets", tuple(args.targets or ()) or None),
+                                                    ("qpg_mode", args.mode), ("qpg_post", args.post),
+                                                    ("qpg_blocks", args.blocks), ("qpg_lora_rank", args.rank))
+                     if value is not None}
+        if overrides:
+            trainer = type(f"{trainer.__name__}_info", (trainer,), overrides)
+        num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        network = trainer.build_plain_network(plans_manager, configuration_manager, num_inputs, num_outputs, True)
+        if args.list:
+            print(_conv_listing(network, limit=10**6))
+            return 0
+        report = trainer.apply_qpg_settings(network)
+    except ValueError as error:
+        print(f"info: {error}", file=sys.stderr)
+        return 2
+    if report is None:
+        total = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        print(json.dumps({"trainer": args.trainer, "qpg": None, "trainable": total}) if args.json
+              else f"{args.trainer}: classical training, nothing swapped; {total:,} trainable parameters")
+        return 0
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"{trainer.__name__} on {plans['dataset_name']} {args.configuration} "
+              f"({configuration_manager.network_arch_class_name.split('.')[-1]}){os.linesep}{report.table()}")
+    return 0
