@@ -37,7 +37,9 @@ STOCK_TRAINER = "nnUNetTrainer"
 # what stock nnUNetTrainer.__init__ accepts; QPG trainers must not add init arguments nnU-Net cannot pass
 STOCK_INIT_ARGS = ("plans", "configuration", "fold", "dataset_json", "device")
 FOLDER_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
-FOLD_SIDE_FILES = ("progress.png",)  # nnUNetv2_export_model_to_zip requires it in every fold
+# nnUNetv2_export_model_to_zip requires these in every fold; the cross-validation results stay valid because the
+# exported network computes what the QPG network computes
+FOLD_SIDE_FILES = ("progress.png", "validation/summary.json")
 
 
 class ExportError(Exception):
@@ -52,6 +54,7 @@ class ExportResult:
     source_trainer: str
     max_abs_difference: float = 0.0
     checkpoints: list[str] = field(default_factory=list)
+    missing_for_zip: list[str] = field(default_factory=list)  # files nnUNetv2_export_model_to_zip will ask for
 
 
 def build_network(trainer_name: str, plans: dict, dataset_json: dict, configuration: str) -> nn.Module:
@@ -184,5 +187,10 @@ def export_model(model_folder: Path | str, results_root: Path | str,
                 result.folds.append(fold.name)
         for name in FOLD_SIDE_FILES:
             if (fold / name).is_file() and (target / fold.name).is_dir():
+                (target / fold.name / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(fold / name, target / fold.name / name)
+    for crossval in model_folder.glob("crossval_results_folds_*"):
+        shutil.copytree(crossval, target / crossval.name, dirs_exist_ok=True)
+    result.missing_for_zip = [f"{fold}/validation/summary.json" for fold in result.folds
+                              if not (target / fold / "validation" / "summary.json").is_file()]
     return result

@@ -90,7 +90,9 @@ class AxialVolume:
 
     path: Path
     image: sitk.Image
-    slices_rows_cols: np.ndarray  # a view into the sitk image's buffer, axes permuted, no copy
+    # a view into `image`'s buffer, axes permuted, no copy (a 1059x512x512 CT stays one copy in memory); it is
+    # valid only while this object (and so `image`) is alive: copy it to keep it longer
+    slices_rows_cols: np.ndarray
     numpy_axes: tuple[int, int, int]  # numpy axes of GetArrayFromImage holding slice, row, column
 
     def empty_mask(self) -> tuple[np.ndarray, np.ndarray]:

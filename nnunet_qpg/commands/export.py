@@ -43,4 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  use it with: nnUNet_results={args.out_folder} nnUNetv2_predict -d {result.model_folder.parent.name} "
           f"-c {result.model_folder.name.split('__')[2]} -tr nnUNetTrainer -f "
           f"{' '.join(f.removeprefix('fold_') for f in result.folds)} -i IN -o OUT")
+    if result.missing_for_zip:
+        print(f"  note: {', '.join(result.missing_for_zip)} missing (training ended before nnU-Net's final validation);"
+              f" nnUNetv2_export_model_to_zip needs them: run `nnUNetv2_train ... --val` on the QPG model, then export "
+              f"again")
     return 0

@@ -1,0 +1,79 @@
+"""One tiny QPG model trained by real nnU-Net commands, shared by the inference and export tests.
+
+Synthetic KiTS19 -> `nnunet-qpg convert-kits19 --size 32` -> `nnUNetv2_plan_and_preprocess -c 2d` ->
+`nnUNetv2_train -tr nnUNetTrainerQPG_Issue5Tiny` (nnUNetTrainerQPG, 1 epoch of 2 iterations) on the CPU, with
+one export worker for nnU-Net's final validation (its default of 8 spawned workers costs minutes on 2 cores). The model lives under pytest's session base folder and is trained once per session,
+whichever test module asks first (a finished model folder is reused).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_helpers import nnunet_env, planning_env, run_command, write_trainer_module
+
+from nnunet_qpg.dataset_conversion.synth_kits19 import make_synthetic_kits19
+
+DATASET_ID, DATASET = 701, "Dataset701_KiTS19Kidney2D"
+TINY_TRAINER = "nnUNetTrainerQPG_Issue5Tiny"
+TRAINER_SOURCE = f'''
+from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
+
+
+class {TINY_TRAINER}(nnUNetTrainerQPG):
+    """nnUNetTrainerQPG (QPGConv on the segmentation heads, LPP) trained just enough to have a checkpoint."""
+
+    schedule_epochs = 1
+    schedule_iterations_per_epoch = 2
+    schedule_val_iterations_per_epoch = 1
+'''
+
+
+@dataclass
+class TrainedModel:
+    root: Path
+    env: dict[str, str]
+    kits19: Path
+    raw_dataset: Path
+    model_folder: Path
+
+
+def nnunet_qpg_command() -> str:
+    beside = Path(sys.executable).with_name("nnunet-qpg")
+    return str(beside) if beside.exists() else "nnunet-qpg"
+
+
+def trained_qpg_model(root: Path) -> TrainedModel:
+    """Train (once) and return the tiny QPG kidney model under `root`."""
+    env = {**nnunet_env(root, ext_trainer_dirs=[root / "test_trainers"]), "nnUNet_def_n_proc": "1"}
+    write_trainer_module(root / "test_trainers", "issue5_tiny_trainers", TRAINER_SOURCE)
+    kits19 = root / "kits19"
+    model_folder = Path(env["nnUNet_results"]) / DATASET / f"{TINY_TRAINER}__nnUNetPlans__2d"
+    trained = model_folder / "fold_0" / "checkpoint_final.pth"
+    if not trained.is_file():
+        make_synthetic_kits19(kits19, [0, 1, 2, 3, 180], seed=5, shape=(8, 48, 48))
+        run_command([nnunet_qpg_command(), "convert-kits19", str(kits19), "--size", "32", "--workers", "1"], env)
+        run_command(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"],
+                    planning_env(env))
+        run_command(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", TINY_TRAINER, "-device", "cpu"], env)
+    assert trained.is_file(), f"training did not write {trained}"
+    return TrainedModel(root, env, kits19, Path(env["nnUNet_raw"]) / DATASET, model_folder)
+
+
+def shared_root(tmp_path_factory) -> Path:
+    return Path(tmp_path_factory.getbasetemp()) / "issue5_qpg_model"
+
+
+def without_nnunet_qpg(env: dict[str, str], blocker: Path) -> dict[str, str]:
+    """`env` for stock nnU-Net that cannot import nnunet_qpg or torchquantum (both shadowed by failing stubs)."""
+    for package in ("nnunet_qpg", "torchquantum"):
+        (blocker / package).mkdir(parents=True, exist_ok=True)
+        (blocker / package / "__init__.py").write_text(
+            f"raise ImportError('{package} must not be needed to predict with an exported model')\n")
+    env = dict(env)
+    env.pop("nnUNet_extTrainer", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), *filter(None, [env.get("PYTHONPATH")])])
+    return env
