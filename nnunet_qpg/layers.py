@@ -203,8 +203,9 @@ class _QuantumGenerated(GeneratedKernelConv):
 
     def quantum_kernel(self) -> torch.Tensor:
         """The generated tensor of Eq. 6 / Eq. 8, shaped like the wrapped convolution's weight."""
-        amplitudes = simulate(self.theta, num_outputs=self.other_channels, backend=self.backend)
-        values = self.post(amplitudes)  # [num_vqcs, C_other], rows ordered (target, k_1, k_2, ...)
+        readout = simulate(self.theta, num_outputs=self.other_channels, backend=self.backend,
+                           readout=self.post.readout)
+        values = self.post(readout)  # [num_vqcs, C_other], rows ordered (target, k_1, k_2, ...)
         values = values.reshape(self.target_channels, *self.kernel_size, self.other_channels)
         spatial = list(range(1, 1 + self.num_spatial_dims))
         last = 1 + self.num_spatial_dims

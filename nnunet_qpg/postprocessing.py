@@ -1,7 +1,8 @@
-"""Post-processing: VQC amplitudes to classical weights (paper Eqs. 3-5, SPEC section 2).
+"""Post-processing: VQC outputs to classical weights (paper Eqs. 3-5, SPEC section 2).
 
-Each strategy is a small module mapping complex amplitudes ``[num_vqcs, M]`` (the first M basis states of
-every VQC's final state) to real weights of the same shape.
+Each strategy is a small module that names what it reads of the final states (``readout``: ``"real"`` for
+Re(psi_i), ``"probabilities"`` for p_i = |psi_i|^2, of the first M basis states of every VQC) and maps that
+``[num_vqcs, M]`` tensor to real weights of the same shape. The simulator computes only that readout.
 """
 
 from __future__ import annotations
@@ -21,17 +22,13 @@ __all__ = [
 ]
 
 
-def probabilities(amplitudes: torch.Tensor) -> torch.Tensor:
-    """Born-rule probabilities |psi_i|^2 (real and imaginary squares: no sqrt, so the gradient is smooth at 0)."""
-    return amplitudes.real.square() + amplitudes.imag.square()
-
-
 class PostProcessing(nn.Module):
-    """Base class. ``name`` is the short name used in configs; ``extra_parameters`` its trainable count."""
+    """Base class. ``name`` is the short name used in configs, ``readout`` what it reads of the final state."""
 
     name: str = ""
+    readout: str = ""
 
-    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward(self, values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -39,18 +36,20 @@ class RealComponentExtraction(PostProcessing):
     """RCE, Eq. 3: y_i = Re(psi_i). No trainable parameters."""
 
     name = "rce"
+    readout = "real"
 
-    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
-        return amplitudes.real
+    def forward(self, real_parts: torch.Tensor) -> torch.Tensor:
+        return real_parts
 
 
 class ShiftScaleTransformation(PostProcessing):
     """SST, Eq. 5: y_i = (pi/2)(p_i - 0.5), values in [-pi/4, pi/4]. No trainable parameters."""
 
     name = "sst"
+    readout = "probabilities"
 
-    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
-        return (math.pi / 2) * (probabilities(amplitudes) - 0.5)
+    def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return (math.pi / 2) * (probabilities - 0.5)
 
 
 class LinearProbabilityProjection(PostProcessing):
@@ -60,6 +59,7 @@ class LinearProbabilityProjection(PostProcessing):
     """
 
     name = "lpp"
+    readout = "probabilities"
 
     def __init__(self, num_qubits: int, num_outputs: int) -> None:
         super().__init__()
@@ -72,8 +72,8 @@ class LinearProbabilityProjection(PostProcessing):
         # Not persistent: it is a function of the shape, so checkpoints stay free of it.
         self.register_buffer("bits", bits.to(torch.get_default_dtype()), persistent=False)
 
-    def forward(self, amplitudes: torch.Tensor) -> torch.Tensor:
-        p = probabilities(amplitudes)
+    def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
+        p = probabilities
         weight = self.projection.weight[0].to(p.dtype)
         bias = self.projection.bias[0].to(p.dtype)
         # The bit term is the same for every VQC: [M] broadcast over [num_vqcs, M].

@@ -27,6 +27,8 @@ __all__ = [
     "rotation_matrices",
     "complex_dtype_for",
     "num_qubits_for",
+    "readout_from_amplitudes",
+    "READOUTS",
 ]
 
 
@@ -140,36 +142,75 @@ def _kron_matrices(mats: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _apply_rotation_layer(state: torch.Tensor, gates: torch.Tensor, num_qubits: int) -> torch.Tensor:
-    """Apply U_0 (x) ... (x) U_{n-1} (gates ``[B, n, 2, 2]``) to states ``[B, 2^n]``."""
+def _qubit_groups(num_qubits: int) -> list[int]:
+    """Split the register into 1-3 groups whose gate Kronecker products are cheap to form (<= 16 x 16)."""
     n = num_qubits
-    high = (n + 1) // 2
-    low = n - high
-    u_high = _kron_matrices(gates[:, :high])
-    matrix = state.unflatten(-1, (1 << high, 1 << low))
-    matrix = torch.bmm(u_high, matrix)
-    if low:
-        u_low = _kron_matrices(gates[:, high:])
-        matrix = torch.bmm(matrix, u_low.transpose(-1, -2))
-    return matrix.flatten(-2)
+    if n <= 6:
+        return [n] if n == 1 else [(n + 1) // 2, n // 2]
+    first = n // 3
+    middle = (n - first) // 2
+    return [first, middle, n - first - middle]
 
 
-def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None) -> torch.Tensor:
-    """Final states of a batch of VQCs (Eq. 1).
+def _apply_rotation_layer(state: torch.Tensor, gates: torch.Tensor, num_qubits: int) -> torch.Tensor:
+    """Apply U_0 (x) ... (x) U_{n-1} (gates ``[B, n, 2, 2]``) to states ``[B, 2^n]``.
+
+    The register is split in groups (:func:`_qubit_groups`); each group's gates are combined into one small
+    Kronecker matrix and applied to its axis of the state viewed as ``[B, d_0, d_1, d_2]``: the first group by a
+    left batched matmul, the last by a right one, the middle one by a matmul broadcast over the first axis.
+    This costs sum(d_t) multiply-adds per amplitude and never forms a 2^n x 2^n (or 2^(n/2)-sized) matrix.
+    """
+    sizes = _qubit_groups(num_qubits)
+    batch = state.shape[0]
+    dims = [1 << s for s in sizes]
+    mats, start = [], 0
+    for size in sizes:
+        mats.append(_kron_matrices(gates[:, start:start + size]))
+        start += size
+    x = torch.bmm(mats[0], state.view(batch, dims[0], -1))
+    if len(dims) == 3:
+        x = torch.matmul(mats[1].unsqueeze(1), x.view(batch, dims[0], dims[1], dims[2]))
+    if len(dims) > 1:
+        x = torch.bmm(x.reshape(batch, -1, dims[-1]), mats[-1].transpose(-1, -2))
+    return x.reshape(batch, -1)
+
+
+READOUTS = ("amplitudes", "real", "probabilities")
+
+
+def readout_from_amplitudes(amplitudes: torch.Tensor, readout: str) -> torch.Tensor:
+    """What post-processing reads of a final state: the amplitudes, Re(psi_i), or p_i = |psi_i|^2."""
+    if readout == "amplitudes":
+        return amplitudes
+    # view_as_real keeps the backward a view (Tensor.real / .imag would allocate and zero-fill complex grads).
+    pairs = torch.view_as_real(amplitudes)
+    if readout == "real":
+        return pairs[..., 0]
+    if readout == "probabilities":
+        return pairs.square().sum(-1)
+    raise ValueError(f"unknown readout {readout!r}; accepted: {', '.join(READOUTS)}")
+
+
+def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: str = "amplitudes") -> torch.Tensor:
+    """Final states of a batch of VQCs (Eq. 1), or the part of them post-processing reads.
 
     Args:
         theta: angles ``[num_vqcs, K, 2, n]``; ``theta[:, k, 0]`` are block k's RY angles and
             ``theta[:, k, 1]`` its RX angles. float32 gives complex64 states, float64 complex128.
-        num_outputs: if given, only the first ``num_outputs`` amplitudes are returned (cheaper).
+        num_outputs: if given, only the first ``num_outputs`` basis states are returned (cheaper).
+        readout: ``"amplitudes"`` (complex psi_i), ``"real"`` (Re psi_i, for RCE) or ``"probabilities"``
+            (|psi_i|^2, for LPP and SST). With one block the last two are computed in real arithmetic.
 
     Returns:
-        complex tensor ``[num_vqcs, num_outputs or 2^n]``, differentiable with respect to ``theta``.
+        ``[num_vqcs, num_outputs or 2^n]``, differentiable with respect to ``theta``.
     """
     if theta.dim() != 4 or theta.shape[2] != 2:
         raise ValueError(f"theta must have shape [num_vqcs, blocks, 2, num_qubits], got {tuple(theta.shape)}")
     num_blocks, n = theta.shape[1], theta.shape[3]
     if num_outputs is not None and not 1 <= num_outputs <= (1 << n):
         raise ValueError(f"num_outputs must be in [1, 2^{n}], got {num_outputs}")
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; accepted: {', '.join(READOUTS)}")
     if not theta.is_floating_point():
         raise TypeError(f"theta must be a real floating tensor, got {theta.dtype}")
     if theta.dtype in (torch.float16, torch.bfloat16):
@@ -180,20 +221,39 @@ def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None) -> torch.
     # is high (x) low, the Kronecker products of the first ceil(n/2) and the last floor(n/2) qubit vectors.
     first = gates[:, 0].sum(dim=-1) * (1.0 / math.sqrt(2.0))  # [B, n, 2]
     high_qubits = (n + 1) // 2
-    high = _kron_vectors(first[:, :high_qubits])
-    low = _kron_vectors(first[:, high_qubits:]) if n > high_qubits else None
     if num_blocks == 1:
-        # Only the requested amplitudes after the ring: psi[src] = high[src >> l] * low[src & (2^l - 1)],
-        # two gathers from vectors of 2^(n/2) entries instead of building all 2^n amplitudes.
-        m = (1 << n) if num_outputs is None else num_outputs
-        high_index, low_index = _RingCache.split_sources(n, m, high.device)
-        out = high.index_select(-1, high_index)
-        return out if low is None else out * low.index_select(-1, low_index)
-    state = high if low is None else (high.unsqueeze(-1) * low.unsqueeze(-2)).flatten(-2)
+        return _one_block_readout(first, high_qubits, num_outputs, readout)
+    high = _kron_vectors(first[:, :high_qubits])
+    state = high if n == high_qubits else (high.unsqueeze(-1) * _kron_vectors(first[:, high_qubits:]).unsqueeze(-2)).flatten(-2)
     for k in range(1, num_blocks):
         state = _apply_ring(state, n)
         state = _apply_rotation_layer(state, gates[:, k], n)
-    return _apply_ring(state, n, num_outputs)
+    return readout_from_amplitudes(_apply_ring(state, n, num_outputs), readout)
+
+
+def _one_block_readout(first: torch.Tensor, high_qubits: int, num_outputs: int | None, readout: str) -> torch.Tensor:
+    """One block: only the requested outputs after the ring, from the two half-register product states.
+
+    psi[src] = high[src >> l] * low[src & (2^l - 1)], so each output is a product of two entries gathered from
+    vectors of 2^(n/2) entries; all 2^n amplitudes are never formed. Probabilities of a product state are the
+    product of the qubits' probabilities, so that readout stays real throughout.
+    """
+    n = first.shape[1]
+    m = (1 << n) if num_outputs is None else num_outputs
+    high_index, low_index = _RingCache.split_sources(n, m, first.device)
+    halves = [first[:, :high_qubits], first[:, high_qubits:]] if n > high_qubits else [first]
+    if readout == "probabilities":
+        parts = [_kron_vectors(torch.view_as_real(h).square().sum(-1)) for h in halves]
+        out = parts[0].index_select(-1, high_index)
+        return out if len(parts) == 1 else out * parts[1].index_select(-1, low_index)
+    parts = [_kron_vectors(h) for h in halves]
+    if readout == "amplitudes" or len(parts) == 1:
+        out = parts[0].index_select(-1, high_index)
+        out = out if len(parts) == 1 else out * parts[1].index_select(-1, low_index)
+        return readout_from_amplitudes(out, readout)
+    high = torch.view_as_real(parts[0]).index_select(-2, high_index)  # [B, m, 2]
+    low = torch.view_as_real(parts[1]).index_select(-2, low_index)
+    return high[..., 0] * low[..., 0] - high[..., 1] * low[..., 1]
 
 
 def num_qubits_for(channels: int) -> int:

@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from nnunet_qpg.simulator import simulate_vqcs
+from nnunet_qpg.simulator import readout_from_amplitudes, simulate_vqcs
 
 __all__ = ["BACKENDS", "simulate", "simulate_with_torchquantum", "torchquantum_available"]
 
@@ -62,11 +62,12 @@ def simulate_with_torchquantum(theta: torch.Tensor, num_outputs: int | None = No
     return states if num_outputs is None else states[:, :num_outputs]
 
 
-def simulate(theta: torch.Tensor, num_outputs: int | None = None, backend: str = "native") -> torch.Tensor:
-    """Final VQC states with the chosen backend: ``"native"`` (batched, fast) or ``"torchquantum"``."""
+def simulate(theta: torch.Tensor, num_outputs: int | None = None, backend: str = "native",
+             readout: str = "amplitudes") -> torch.Tensor:
+    """Final VQC states (or their ``readout``) with the chosen backend: ``"native"`` or ``"torchquantum"``."""
     if backend == "native":
-        return simulate_vqcs(theta, num_outputs)
+        return simulate_vqcs(theta, num_outputs, readout)
     if backend == "torchquantum":
-        return simulate_with_torchquantum(theta, num_outputs)
+        return readout_from_amplitudes(simulate_with_torchquantum(theta, num_outputs), readout)
     raise ValueError(f"unknown simulation backend {backend!r}; accepted: {', '.join(BACKENDS)}")
 

@@ -72,15 +72,35 @@ def test_generated_kernel_follows_eq8_indexing() -> None:
 def test_post_processing_formulas() -> None:
     amplitudes = simulate_vqcs(torch.rand(4, 1, 2, 3))
     p = amplitudes.abs().square()
-    torch.testing.assert_close(make_post_processing("rce", 3, 8)(amplitudes), amplitudes.real)
-    torch.testing.assert_close(make_post_processing("SST", 3, 8)(amplitudes), (math.pi / 2) * (p - 0.5))
+    rce, sst = make_post_processing("rce", 3, 8), make_post_processing("SST", 3, 8)
+    assert (rce.readout, sst.readout) == ("real", "probabilities")
+    torch.testing.assert_close(rce(amplitudes.real), amplitudes.real)
+    torch.testing.assert_close(sst(p), (math.pi / 2) * (p - 0.5))
     lpp = LinearProbabilityProjection(3, 8)
+    assert lpp.readout == "probabilities"
     w, b = lpp.projection.weight[0].detach(), lpp.projection.bias[0].detach()
     expected = torch.empty(4, 8)
     for i in range(8):
         bits = torch.tensor([(i >> k) & 1 for k in range(3)], dtype=torch.float32)  # d_0 least significant
         expected[:, i] = w[0] * p[:, i] + (w[1:] * bits).sum() + b
-    torch.testing.assert_close(lpp(amplitudes).detach(), expected)
+    torch.testing.assert_close(lpp(p).detach(), expected)
+
+
+@pytest.mark.parametrize("num_qubits", [1, 2, 5])
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_readouts_equal_the_amplitudes_functions(num_qubits: int, blocks: int) -> None:
+    theta = torch.rand(6, blocks, 2, num_qubits, dtype=torch.float64, requires_grad=True)
+    m = max(1, 2**num_qubits - 1)
+    amplitudes = simulate_vqcs(theta, m)
+    real, probabilities = simulate_vqcs(theta, m, "real"), simulate_vqcs(theta, m, "probabilities")
+    torch.testing.assert_close(real, amplitudes.real)
+    torch.testing.assert_close(probabilities, amplitudes.abs().square())
+    # The real-arithmetic one-block paths have the same gradients as the complex path.
+    weights = torch.randn(2, 6, m, dtype=torch.float64)
+    grads = torch.autograd.grad((weights[0] * real).sum() + (weights[1] * probabilities).sum(), theta)[0]
+    reference = torch.autograd.grad(
+        (weights[0] * amplitudes.real).sum() + (weights[1] * amplitudes.abs().square()).sum(), theta)[0]
+    torch.testing.assert_close(grads, reference)
 
 
 CONVS = [
