@@ -79,9 +79,17 @@ class SlicePreprocessing:
             task=settings.get("task"),
         )
 
+    def filtered(self, slice_hu: np.ndarray) -> np.ndarray:
+        """Window and filters on the whole native slice (the converter filters before cropping)."""
+        return window_and_denoise(slice_hu, self.window, self.denoise)
+
+    def resized(self, image_2d: np.ndarray) -> np.ndarray:
+        """A filtered slice or crop resized to the model's SIZE x SIZE input."""
+        return resize_image(image_2d, self.size)
+
     def __call__(self, slice_hu: np.ndarray) -> np.ndarray:
         """One axial slice (HU, native resolution) -> the SIZE x SIZE float32 image the model was trained on."""
-        return resize_image(window_and_denoise(slice_hu, self.window, self.denoise), self.size)
+        return self.resized(self.filtered(slice_hu))
 
 
 @dataclass
