@@ -1,0 +1,124 @@
+"""Fast checks of the trainer files, the trainer base class and the trainers-path / new-trainer commands."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnunet_qpg.cli import main
+from nnunet_qpg.nnunet_trainer import ConstantLRScheduler, PaperProtocol, nnUNetTrainerQPGBase
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER_FILES = sorted(p for p in (REPO / "trainers").glob("nnUNetTrainer*.py"))
+
+
+def _import_as_top_level(path: Path, name: str):
+    """Import a trainer file the way nnU-Net does (a top-level module of a folder on sys.path)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trainer_classes(module) -> list[type]:
+    return [c for _, c in inspect.getmembers(module, inspect.isclass)
+            if issubclass(c, nnUNetTrainerQPGBase) and c.__module__ == module.__name__]
+
+
+@pytest.mark.parametrize("path", TRAINER_FILES, ids=lambda p: p.stem)
+def test_trainer_files_stand_alone(path: Path) -> None:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    module = _import_as_top_level(path, f"copied_{path.stem}")  # as if copied into nnunetv2's variants/
+    classes = _trainer_classes(module)
+    assert path.stem in {c.__name__ for c in classes}, "the file is named after its main class"
+    for trainer in classes:
+        assert issubclass(trainer, nnUNetTrainer)
+        trainer.check_qpg_settings()
+        # nnU-Net and its predictor tell the new signature by this parameter name
+        assert "plans_manager" in inspect.signature(trainer.build_network_architecture).parameters
+        assert trainer.__doc__
+
+
+def test_nnunet_finds_the_shipped_trainers(monkeypatch) -> None:
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.setenv("nnUNet_extTrainer", str(REPO / "trainers"))
+    for name in ("nnUNetTrainerQPG", "nnUNetTrainerQPG_SST", "nnUNetTrainerQPGDecoder", "nnUNetTrainerQPGA",
+                 "nnUNetTrainerConvLoRA", "nnUNetTrainerQPG_Paper", "nnUNetTrainer_Paper"):
+        assert recursive_find_trainer_class_by_name(name).__name__ == name
+
+
+def test_paper_protocol_and_placements() -> None:
+    qpg = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerQPG.py", "t_qpg")
+    qpga = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerQPGA.py", "t_qpga")
+    lora = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerConvLoRA.py", "t_lora")
+    paper = qpg.nnUNetTrainerQPG_Paper
+    assert issubclass(paper, PaperProtocol) and paper.qpg_targets == qpg.nnUNetTrainerQPG.qpg_targets
+    assert (paper.schedule_optimizer, paper.schedule_initial_lr, paper.schedule_weight_decay,
+            paper.schedule_epochs) == ("adam_constant", 1e-3, 5e-4, 20)
+    assert qpg.nnUNetTrainerQPG.schedule_optimizer == "sgd" and qpg.nnUNetTrainerQPG.schedule_epochs is None
+    assert [qpg.nnUNetTrainerQPG_RCE.qpg_post, qpg.nnUNetTrainerQPG_SST.qpg_post] == ["rce", "sst"]
+    assert qpga.nnUNetTrainerQPGA.qpg_targets == lora.nnUNetTrainerConvLoRA.qpg_targets
+    assert qpga.nnUNetTrainerQPGA.qpg_train_only == ("decoder.seg_layers.*",)
+    assert lora.nnUNetTrainerConvLoRA.qpg_lora_rank == 8
+
+
+def test_constant_lr_scheduler_keeps_the_rate() -> None:
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = ConstantLRScheduler(optimizer, 1e-3)
+    for epoch in range(5):
+        scheduler.step(epoch)
+        assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_bad_settings_name_the_trainer_and_its_file() -> None:
+    bad = type("nnUNetTrainerBadMode", (nnUNetTrainerQPGBase,), {"qpg_targets": ("x",), "qpg_mode": "magic"})
+    with pytest.raises(ValueError, match="nnUNetTrainerBadMode.*unknown qpg_mode 'magic'"):
+        bad.check_qpg_settings()
+    bad = type("nnUNetTrainerBadPost", (nnUNetTrainerQPGBase,), {"qpg_targets": ("x",), "qpg_post": "fft"})
+    with pytest.raises(ValueError, match="qpg_post='fft'.*'rce', 'lpp', 'sst'"):
+        bad.check_qpg_settings()
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3))
+    bad = type("nnUNetTrainerBadTarget", (nnUNetTrainerQPGBase,), {"qpg_targets": ("decoder.*",)})
+    with pytest.raises(ValueError, match=r"(?s)'decoder\.\*' matches no module.*\b0\b.*qpg_targets"):
+        bad.apply_qpg_settings(network)
+
+
+def test_trainers_path_prints_the_shipped_folder(capsys) -> None:
+    assert main(["trainers-path"]) == 0
+    folder = Path(capsys.readouterr().out.strip())
+    assert (folder / "nnUNetTrainerQPG.py").is_file()
+
+
+def test_new_trainer_writes_an_importable_trainer(tmp_path: Path, capsys) -> None:
+    argv = ["new-trainer", "nnUNetTrainerQPGChosen", "--targets", "decoder.stages.0.*", "encoder.stages.3.*",
+            "--mode", "adapter", "--post", "sst", "--blocks", "2", "--paper-schedule", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    path = tmp_path / "nnUNetTrainerQPGChosen.py"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    trainer = _import_as_top_level(path, "chosen").nnUNetTrainerQPGChosen
+    assert trainer.qpg_targets == ("decoder.stages.0.*", "encoder.stages.3.*")
+    assert (trainer.qpg_mode, trainer.qpg_post, trainer.qpg_blocks) == ("adapter", "sst", 2)
+    assert trainer.qpg_train_only == ("decoder.seg_layers.*",)  # adapters: heads trained, the rest frozen
+    assert issubclass(trainer, PaperProtocol)
+
+    assert main(argv) == 1  # exists: refuses without --force
+    assert "--force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
+    assert main(["new-trainer", "9lives", "--targets", "x", "-o", str(tmp_path)]) == 2
+    assert main(["new-trainer", "nnUNetTrainerQPG", "--targets", "x", "-o", str(tmp_path)]) == 2
+    assert "already a shipped trainer" in capsys.readouterr().err
+
+
+def test_new_trainer_lora_with_short_schedule(tmp_path: Path) -> None:
+    assert main(["new-trainer", "nnUNetTrainerLoRAEnc", "--targets", "encoder.*", "--mode", "lora", "--rank", "4",
+                 "--train-only", "--epochs", "3", "--iterations-per-epoch", "10", "-o", str(tmp_path)]) == 0
+    trainer = _import_as_top_level(tmp_path / "nnUNetTrainerLoRAEnc.py", "lora_enc").nnUNetTrainerLoRAEnc
+    assert (trainer.qpg_mode, trainer.qpg_lora_rank, trainer.qpg_train_only) == ("lora", 4, ())
+    assert (trainer.schedule_epochs, trainer.schedule_iterations_per_epoch,
+            trainer.schedule_val_iterations_per_epoch) == (3, 10, 2)
