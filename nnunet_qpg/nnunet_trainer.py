@@ -42,9 +42,9 @@ trainer name, the report (:meth:`QPGReport.to_dict`) and the training schedule.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
+import sys
 from typing import Any, Iterator
 
 import torch
@@ -165,12 +165,17 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
         self._qpg_swapped = False
 
     # -- configuration: classmethods, because the predictor only has the class ----------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Remember the defining file now: nnU-Net drops nnUNet_extTrainer modules from sys.modules after its
+        # search, and inspect.getfile needs them there; error messages name this file.
+        module = sys.modules.get(cls.__module__)
+        cls._defined_in = getattr(module, "__file__", None)
+
     @classmethod
     def _where(cls) -> str:
-        try:
-            return f"{cls.__name__} ({inspect.getfile(cls)})"
-        except (TypeError, OSError):
-            return cls.__name__
+        defined_in = cls.__dict__.get("_defined_in")
+        return f"{cls.__name__} ({defined_in})" if defined_in else cls.__name__
 
     @classmethod
     def check_qpg_settings(cls) -> None:
