@@ -1,0 +1,202 @@
+"""Synthetic KiTS19 end to end on the CPU, in a few minutes: the first command to run after installing.
+
+Steps (each a real command a user can also type; all data under the work folder, default ./nnunet_qpg_demo):
+  1. synth-kits19: a small KiTS19-like folder (train cases 0-5, test cases 180-181);
+  2. convert-kits19 --task kidney: the paper's 2D kidney dataset (Dataset701), at a small image size;
+  3. nnUNetv2_plan_and_preprocess -c 2d;
+  4. nnUNetv2_train with nnUNetTrainerQPG (QPGConv on the segmentation heads, LPP) and the classical baseline,
+     both on a short schedule (demo trainers written to WORK/trainers; nnUNet_n_proc_DA=0 for training only);
+  5. nnunet-qpg predict on the test cases' 3D CT volumes (NIfTI, the input geometry kept);
+  6. nnunet-qpg evaluate against the KiTS19 segmentations (per-slice IoU / DSC, Eqs. 10-11; 3D Dice);
+  7. nnunet-qpg report (the Table 1 comparison) and nnunet-qpg overlay (Fig. 4-style PNGs).
+nnUNet_raw / nnUNet_preprocessed / nnUNet_results are set to folders inside the work folder for this run only.
+Rerunning reuses finished steps (delete the work folder to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATASET_ID, DATASET = 701, "Dataset701_KiTS19Kidney2D"
+TRAIN_CASES, TEST_CASES = list(range(6)), [180, 181]
+QPG_TRAINER, BASELINE_TRAINER = "nnUNetTrainerQPG_Demo", "nnUNetTrainer_Demo"
+TRAINER_TEMPLATE = '''"""Demo trainers written by `nnunet-qpg demo`: the real trainers on a short schedule."""
+
+from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
+from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
+
+
+class {qpg}(nnUNetTrainerQPG):
+    """nnUNetTrainerQPG: QPGConv (Eqs. 6, 8) on the segmentation heads, LPP, one block; short schedule."""
+
+    schedule_epochs = {epochs}
+    schedule_iterations_per_epoch = {iterations}
+    schedule_val_iterations_per_epoch = 2
+    # the paper's optimizer (Adam, lr 1e-3, weight decay 5e-4, constant): learns in a few dozen steps, where
+    # nnU-Net's poly schedule would decay to zero within a demo's few epochs
+    schedule_optimizer = "adam_constant"
+    schedule_initial_lr = 1e-3
+    schedule_weight_decay = 5e-4
+
+
+class {baseline}(nnUNetTrainerQPGBase):
+    """The classical baseline: nothing swapped (qpg_targets empty), same schedule."""
+
+    schedule_epochs = {epochs}
+    schedule_iterations_per_epoch = {iterations}
+    schedule_val_iterations_per_epoch = 2
+    # the paper's optimizer (Adam, lr 1e-3, weight decay 5e-4, constant): learns in a few dozen steps, where
+    # nnU-Net's poly schedule would decay to zero within a demo's few epochs
+    schedule_optimizer = "adam_constant"
+    schedule_initial_lr = 1e-3
+    schedule_weight_decay = 5e-4
+'''
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", type=Path, default=Path("nnunet_qpg_demo"),
+                        help="work folder to create (default: ./nnunet_qpg_demo)")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs per model (default 4)")
+    parser.add_argument("--iterations", type=int, default=15, help="training iterations per epoch (default 15)")
+    parser.add_argument("--size", type=int, default=64, help="converted image size (default 64; the paper: 256)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+
+
+def _nnunet_script(name: str) -> str:
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace):
+        from nnunet_qpg.commands.trainers_path import trainers_path
+
+        self.args = args
+        self.work = args.work.resolve()
+        self.env = dict(os.environ)
+        self.env.update(
+            nnUNet_raw=str(self.work / "nnUNet_raw"),
+            nnUNet_preprocessed=str(self.work / "nnUNet_preprocessed"),
+            nnUNet_results=str(self.work / "nnUNet_results"),
+            nnUNet_extTrainer=os.pathsep.join([str(self.work / "trainers"), trainers_path()]),
+            nnUNet_compile="f",
+            nnUNet_def_n_proc="1",  # nnU-Net's validation would otherwise spawn 8 export workers on 2 cores
+        )
+        self.env.pop("nnUNet_n_proc_DA", None)  # the planner passes it to torch.set_num_threads: not while planning
+        self.started = time.time()
+
+    def step(self, text: str) -> None:
+        print(f"\n[{time.time() - self.started:6.0f} s] {text}", flush=True)
+
+    def command(self, arguments: list[str], training: bool = False) -> None:
+        env = {**self.env, "nnUNet_n_proc_DA": "0"} if training else self.env
+        print("  $ " + " ".join(Path(arguments[0]).name if i == 0 else a for i, a in enumerate(arguments)), flush=True)
+        done = subprocess.run(arguments, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(arguments)} failed (exit {done.returncode}):\n"
+                               f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+    def nnunet_qpg(self, arguments: list[str]) -> int:
+        """Our own commands run in this process (their env is the demo's)."""
+        from nnunet_qpg.cli import main
+
+        print("  $ nnunet-qpg " + " ".join(arguments), flush=True)
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(self.env)
+        try:
+            return main(arguments)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def _forget_results_of_other_settings(self) -> None:
+        """Reruns reuse finished steps; after a change of --size/--epochs/--iterations those are stale: drop them."""
+        import json
+
+        settings = {"size": self.args.size, "epochs": self.args.epochs, "iterations": self.args.iterations}
+        record = self.work / "demo_settings.json"
+        if record.is_file() and json.loads(record.read_text()) != settings:
+            for stale in ("nnUNet_preprocessed", "nnUNet_results", "predictions", "evaluation", "figures"):
+                shutil.rmtree(self.work / stale, ignore_errors=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(settings))
+
+    def model_folder(self, trainer: str) -> Path:
+        return self.work / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__2d"
+
+    def run(self) -> int:
+        from nnunet_qpg.dataset_conversion.synth_kits19 import make_synthetic_kits19
+
+        args, work = self.args, self.work
+        kits19 = work / "kits19"
+        self._forget_results_of_other_settings()
+        self.step(f"1/7 synthetic KiTS19 cases in {kits19}")
+        if not (kits19 / f"case_{TEST_CASES[-1]:05d}" / "segmentation.nii.gz").is_file():
+            make_synthetic_kits19(kits19, TRAIN_CASES + TEST_CASES, seed=0, shape=(12, 96, 96))
+
+        self.step("2/7 convert to the paper's 2D kidney dataset")
+        if self.nnunet_qpg(["convert-kits19", str(kits19), "--task", "kidney", "--size", str(args.size),
+                            "--workers", "1"]) != 0:
+            raise RuntimeError("convert-kits19 failed")
+
+        self.step("3/7 nnU-Net planning and preprocessing (2d)")
+        if not (work / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json").is_file():
+            self.command([_nnunet_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d",
+                          "-np", "1", "-npfp", "1"])
+
+        self.step(f"4/7 training {QPG_TRAINER} and {BASELINE_TRAINER} ({args.epochs} epochs x {args.iterations} "
+                  f"iterations)")
+        (work / "trainers").mkdir(parents=True, exist_ok=True)
+        (work / "trainers" / "nnunet_qpg_demo_trainers.py").write_text(TRAINER_TEMPLATE.format(
+            qpg=QPG_TRAINER, baseline=BASELINE_TRAINER, epochs=args.epochs, iterations=args.iterations))
+        for trainer in (QPG_TRAINER, BASELINE_TRAINER):
+            if not (self.model_folder(trainer) / "fold_0" / "checkpoint_final.pth").is_file():
+                self.command([_nnunet_script("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer,
+                              "-device", args.device], training=True)
+
+        self.step("5/7 predicting the test cases' 3D CT volumes")
+        volumes = work / "test_volumes"
+        volumes.mkdir(exist_ok=True)
+        for case in TEST_CASES:
+            target = volumes / f"case_{case:05d}_0000.nii.gz"
+            if not target.exists():
+                shutil.copyfile(kits19 / f"case_{case:05d}" / "imaging.nii.gz", target)
+        predictions = {}
+        for trainer in (QPG_TRAINER, BASELINE_TRAINER):
+            predictions[trainer] = work / "predictions" / trainer
+            self.nnunet_qpg(["predict", "-i", str(volumes), "-o", str(predictions[trainer]), "-m",
+                             str(self.model_folder(trainer)), "-f", "0", "-device", args.device])
+
+        self.step("6/7 evaluating against the KiTS19 segmentations")
+        evaluations = {}
+        for trainer, folder in predictions.items():
+            evaluations[trainer] = work / "evaluation" / f"{trainer}.json"
+            self.nnunet_qpg(["evaluate", str(folder), str(kits19), "-o", str(evaluations[trainer])])
+
+        self.step("7/7 comparison table (paper Table 1) and figures (paper Fig. 4)")
+        trainers = list(predictions)
+        self.nnunet_qpg(["report", *(str(self.model_folder(t)) for t in trainers), "--test",
+                         *(str(evaluations[t]) for t in trainers), "--names", "QPG", "classical",
+                         "-o", str(work / "table1.json")])
+        self.nnunet_qpg(["overlay", "--images", str(kits19), "--ground-truth", str(kits19),
+                         "--prediction", f"QPG={predictions[QPG_TRAINER]}",
+                         "--prediction", f"classical={predictions[BASELINE_TRAINER]}", "-o", str(work / "figures")])
+        print(f"\ndemo finished in {time.time() - self.started:.0f} s. Everything is in {work}:")
+        print(f"  figures: {work / 'figures'}   table: {work / 'table1.json'}   masks: {work / 'predictions'}")
+        print("  (a demo schedule: scores say nothing about QPG; train with nnUNetTrainerQPG_Paper for the paper's)")
+        return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return Demo(args).run()
+    except RuntimeError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
