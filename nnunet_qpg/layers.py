@@ -5,9 +5,10 @@ convolution (stride, padding, dilation, groups, bias, padding mode, output paddi
 ``generate_weight()`` with exactly the wrapped weight's shape, and turns back into the plain convolution
 with ``to_conv()`` ("baking").
 
-In eval mode without grad the generated kernel is cached until any of the layer's tensors changes (an
-optimizer step, ``load_state_dict``, ``.to()``) or the layer goes back to training, so inference costs what the
-plain convolution costs.
+In eval mode without grad the generated kernel is cached until any of the layer's tensors changes value (an
+optimizer step, ``.to()``, ``load_state_dict`` of different weights) or the layer goes back to training, so
+inference costs what the plain convolution costs. nnU-Net's predictor reloads the same state dict before every
+image; that bumps the tensors' versions but not their values, and the cache survives it.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class GeneratedKernelConv(nn.Module):
         self._reversed_padding_repeated_twice = getattr(conv, "_reversed_padding_repeated_twice", None)
         self.weight_shape: torch.Size = conv.weight.shape
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
-        self._cached_kernel: tuple[tuple, torch.Tensor] | None = None
+        # (state key, kernel, snapshot of the tensors' values the kernel was generated from)
+        self._cached_kernel: tuple[tuple, torch.Tensor, tuple[torch.Tensor, ...]] | None = None
 
     # -- the kernel --------------------------------------------------------------------------------------------
     def generate_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
@@ -81,8 +83,18 @@ class GeneratedKernelConv(nn.Module):
         """Trainable parameters this layer adds in place of (or on top of) the kernel."""
         return sum(p.numel() for name, p in self.named_parameters() if name != "bias" and p.requires_grad)
 
+    def _state_tensors(self) -> tuple[torch.Tensor, ...]:
+        return (*self.parameters(), *self.buffers())
+
     def _state_key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype) for t in (*self.parameters(), *self.buffers()))
+        return tuple((t.data_ptr(), t._version, t.dtype) for t in self._state_tensors())
+
+    def _values_unchanged(self, snapshot: tuple[torch.Tensor, ...]) -> bool:
+        """True when every tensor still holds exactly the snapshot's values (same shape, dtype and device)."""
+        current = self._state_tensors()
+        return len(current) == len(snapshot) and all(
+            t.shape == s.shape and t.dtype == s.dtype and t.device == s.device and torch.equal(t, s)
+            for t, s in zip(current, snapshot))
 
     @torch.compiler.disable
     def kernel(self) -> torch.Tensor:
@@ -95,9 +107,15 @@ class GeneratedKernelConv(nn.Module):
             self._cached_kernel = None
             return self._generate_in_full_precision()
         key = self._state_key()
-        if self._cached_kernel is None or self._cached_kernel[0] != key:
-            self._cached_kernel = (key, self._generate_in_full_precision())
-        return self._cached_kernel[1]
+        cached = self._cached_kernel
+        if cached is not None and cached[0] != key and self._values_unchanged(cached[2]):
+            # Rewritten with the same values (nnU-Net's predictor loads the state dict before every image):
+            # comparing costs one read of the layer's tensors, regenerating costs a simulation.
+            cached = self._cached_kernel = (key, cached[1], cached[2])
+        if cached is None or cached[0] != key:
+            snapshot = tuple(t.detach().clone() for t in self._state_tensors())
+            cached = self._cached_kernel = (key, self._generate_in_full_precision(), snapshot)
+        return cached[1]
 
     def _generate_in_full_precision(self) -> torch.Tensor:
         # Autocast would run the state-vector matmuls in half precision; the kernel is tiny, keep it exact.
@@ -109,7 +127,10 @@ class GeneratedKernelConv(nn.Module):
         return next(self.parameters()).device
 
     def train(self, mode: bool = True) -> "GeneratedKernelConv":
-        self._cached_kernel = None
+        # Only training drops the cache: nnU-Net's predictor calls .eval() before every image, and an eval
+        # kernel stays valid while the tensors keep their values (which kernel() checks anyway).
+        if mode:
+            self._cached_kernel = None
         return super().train(mode)
 
     # -- behave as the wrapped convolution ---------------------------------------------------------------------

@@ -192,6 +192,24 @@ def test_eval_cache_is_reused_and_recomputed_after_an_optimizer_step() -> None:
     assert layer.kernel().requires_grad
 
 
+@pytest.mark.parametrize("make", [lambda c: QPGConv.from_conv(c), lambda c: QPGAConv.from_conv(c),
+                                  lambda c: ConvLoRA.from_conv(c, r=2)], ids=["qpg", "qpga", "lora"])
+def test_eval_cache_survives_reloading_the_same_state_dict(make) -> None:
+    # nnU-Net's predictor calls load_state_dict before every image: same values, new tensor versions.
+    layer = make(nn.Conv2d(4, 4, 3, padding=1)).eval()
+    weights = copy.deepcopy(layer.state_dict())
+    with torch.no_grad():
+        kernel = layer.kernel()
+        layer.load_state_dict(weights)
+        layer.eval()  # the predictor also calls .eval() before every image
+        assert layer.kernel() is kernel
+        # Different values do invalidate it.
+        changed = {k: v + 0.25 if k in ("theta", "lora_B") else v for k, v in weights.items()}
+        layer.load_state_dict(changed)
+        assert layer.kernel() is not kernel
+        torch.testing.assert_close(layer.kernel(), layer.generate_weight())
+
+
 def test_bad_arguments_say_what_is_accepted() -> None:
     conv = nn.Conv2d(4, 4, 3)
     with pytest.raises(ValueError, match=r"unknown post-processing 'softmax'; accepted: 'rce'.*'lpp'.*'sst'"):
