@@ -79,7 +79,7 @@ def nominal_state_bytes(layer: QPGConv) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the two smallest layers, 2 rounds (a smoke test)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per layer (default 3, largest 5)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per layer (default 2, largest 3)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared, loaded 2-core machine a second OpenMP "
                              "thread mostly waits at barriers and makes every timing 2-10x noisier)")
@@ -101,7 +101,7 @@ def main() -> int:
     rows, largest = [], []
     for index, (name, conv, count) in enumerate(convs):
         is_largest = index == 0 and not args.quick
-        rounds = args.rounds or (2 if args.quick else 5 if is_largest else 3)
+        rounds = args.rounds or (2 if args.quick else 3 if is_largest else 2)
         for blocks in block_counts:
             for post in STRATEGIES:
                 torch.manual_seed(1)

@@ -27,29 +27,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import fmt_seconds, machine_description, print_table, set_threads, time_interleaved  # noqa: E402
+from common import (fmt_seconds, load_stored_plan, machine_description, print_table, set_threads,  # noqa: E402
+                    shrink_for_quick, time_interleaved)
 
-PLANS = HERE / "data" / "plans_2d_256x256.json"
-DATASET_JSON = HERE / "data" / "dataset_2d_256x256.json"
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerQPG", "nnUNetTrainerQPGDecoder", "nnUNetTrainerQPGA",
             "nnUNetTrainerConvLoRA")
 # (trainer, reference, allowed slowdown): trainer time / reference time must stay <= 1 + allowed slowdown.
 TARGETS = (("nnUNetTrainerQPG", "nnUNetTrainer", 0.03), ("nnUNetTrainerQPGDecoder", "nnUNetTrainer", 0.30),
            ("nnUNetTrainerQPGA", "nnUNetTrainerConvLoRA", 0.0))
-
-
-def shrink_for_quick(plans: dict) -> dict:
-    """The same plan cut to 3 stages and a 32x32 patch, batch 1: a smoke test of the whole path in seconds."""
-    config = plans["configurations"]["2d"]
-    kwargs = config["architecture"]["arch_kwargs"]
-    stages = 3
-    kwargs["n_stages"] = stages
-    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
-        kwargs[key] = kwargs[key][:stages]
-    kwargs["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"][:stages - 1]
-    config["patch_size"] = [32, 32]
-    config["batch_size"] = 1
-    return plans
 
 
 def replan(workdir: Path) -> tuple[dict, dict]:
@@ -133,7 +118,7 @@ def main() -> int:
         if args.replan:
             plans, dataset_json = replan(workdir)
         else:
-            plans, dataset_json = json.loads(PLANS.read_text()), json.loads(DATASET_JSON.read_text())
+            plans, dataset_json = load_stored_plan()
         if args.quick:
             plans = shrink_for_quick(plans)
         prepare_nnunet_folders(workdir, plans, dataset_json)

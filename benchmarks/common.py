@@ -8,15 +8,18 @@ figures reported are the minimum (the least disturbed run) and the median over r
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+DATA = Path(__file__).resolve().parent / "data"
 # The nnU-Net plan of a 2D 256x256 dataset: 7 stages, nnU-Net's default 2D feature widths (32 doubling to 512).
 UNET_2D_256_FEATURES = (32, 64, 128, 256, 512, 512, 512)
 
@@ -46,6 +49,27 @@ def plainconvunet_2d_256(input_channels: int = 1, output_channels: int = 2, deep
         "dynamic_network_architectures.architectures.unet.PlainConvUNet", arch_kwargs,
         ["conv_op", "norm_op", "dropout_op", "nonlin"], input_channels, output_channels,
         deep_supervision=deep_supervision)
+
+
+def load_stored_plan() -> tuple[dict, dict]:
+    """(plans, dataset.json) nnU-Net 2.8 made for a synthetic 4-case 2D 256x256 dataset (tests/nnunet_helpers'
+    make_tiny_2d_dataset(size=256) + nnUNetv2_plan_and_preprocess -c 2d): PlainConvUNet, 7 stages, batch 2."""
+    return (json.loads((DATA / "plans_2d_256x256.json").read_text()),
+            json.loads((DATA / "dataset_2d_256x256.json").read_text()))
+
+
+def shrink_for_quick(plans: dict) -> dict:
+    """The same plan cut to 3 stages and a 32x32 patch, batch 1: a smoke test of the whole path in seconds."""
+    config = plans["configurations"]["2d"]
+    kwargs = config["architecture"]["arch_kwargs"]
+    stages = 3
+    kwargs["n_stages"] = stages
+    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
+        kwargs[key] = kwargs[key][:stages]
+    kwargs["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"][:stages - 1]
+    config["patch_size"] = [32, 32]
+    config["batch_size"] = 1
+    return plans
 
 
 def cpu_model() -> str:
@@ -96,15 +120,13 @@ def time_interleaved(contenders: dict[str, Callable[[], object]], rounds: int, w
     is repeated within its slot and the time divided, so tiny calls are not all timer resolution.
     """
     names = list(contenders)
-    for _ in range(warmup):
+    once = {}
+    for _ in range(max(warmup, 1 if min_round_seconds > 0 else 0)):
         for name in names:
+            started = time.perf_counter()
             contenders[name]()
-    repeats = {}
-    for name in names:
-        started = time.perf_counter()
-        contenders[name]()
-        once = time.perf_counter() - started
-        repeats[name] = max(1, int(min_round_seconds / max(once, 1e-9)))
+            once[name] = time.perf_counter() - started  # the last warm-up call sizes the repeats
+    repeats = {name: max(1, int(min_round_seconds / max(once.get(name, 1.0), 1e-9))) for name in names}
     timings = {name: Timing(name, []) for name in names}
     for r in range(rounds):
         shift = r % len(names)
