@@ -62,7 +62,9 @@ def trainer_source(name: str, targets: list[str], mode: str = "replace", post: s
     if epochs is not None:
         lines.append(f"    schedule_epochs = {epochs!r}")
     if iterations_per_epoch is not None:
+        # nnU-Net validates 50 batches per 250 training batches; keep that ratio.
         lines.append(f"    schedule_iterations_per_epoch = {iterations_per_epoch!r}")
+        lines.append(f"    schedule_val_iterations_per_epoch = {max(1, iterations_per_epoch // 5)!r}")
     return "\n".join(lines) + "\n"
 
 
@@ -104,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the paper's protocol: Adam lr 1e-3, weight decay 5e-4, constant LR, 20 epochs")
     parser.add_argument("--epochs", type=_positive, default=None, help="number of epochs (default: nnU-Net's / paper's)")
     parser.add_argument("--iterations-per-epoch", type=_positive, default=None,
-                        help="training iterations per epoch (default: nnU-Net's 250)")
+                        help="training iterations per epoch (default: nnU-Net's 250); validation iterations follow "
+                             "nnU-Net's 5:1 ratio")
     parser.add_argument("-o", "--output", type=Path, default=Path("."), help="folder to write NAME.py into (default: .)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
 
