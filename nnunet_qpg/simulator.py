@@ -103,6 +103,23 @@ class _RingCache:
             cls._store[key] = (sources >> low_qubits, sources & ((1 << low_qubits) - 1))
         return cls._store[key]
 
+    @classmethod
+    def one_hot_sources(cls, num_qubits: int, m: int, device: torch.device,
+                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`split_sources` as 0/1 matrices ``[m, 2^h]`` and ``[m, 2^l]``: ``matrix @ v.T`` gathers ``v``.
+
+        A gather written as a matmul has a matmul as its backward, where ``index_select``'s is a scatter-add
+        (several times slower on the CPU for these ``[num_vqcs, m]`` outputs).
+        """
+        key = ("one-hot", num_qubits, m, str(device), dtype)
+        if key not in cls._store:
+            low_qubits = num_qubits - (num_qubits + 1) // 2
+            high_index, low_index = cls.split_sources(num_qubits, m, device)
+            cls._store[key] = tuple(
+                torch.nn.functional.one_hot(index, size).to(dtype)
+                for index, size in ((high_index, 1 << (num_qubits - low_qubits)), (low_index, 1 << low_qubits)))
+        return cls._store[key]
+
 
 def _apply_ring(state: torch.Tensor, num_qubits: int, num_outputs: int | None = None) -> torch.Tensor:
     dim = state.shape[-1]
@@ -191,7 +208,8 @@ def readout_from_amplitudes(amplitudes: torch.Tensor, readout: str) -> torch.Ten
     raise ValueError(f"unknown readout {readout!r}; accepted: {', '.join(READOUTS)}")
 
 
-def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: str = "amplitudes") -> torch.Tensor:
+def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: str = "amplitudes",
+                  outputs_major: bool = False) -> torch.Tensor:
     """Final states of a batch of VQCs (Eq. 1), or the part of them post-processing reads.
 
     Args:
@@ -200,6 +218,9 @@ def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: 
         num_outputs: if given, only the first ``num_outputs`` basis states are returned (cheaper).
         readout: ``"amplitudes"`` (complex psi_i), ``"real"`` (Re psi_i, for RCE) or ``"probabilities"``
             (|psi_i|^2, for LPP and SST). With one block the last two are computed in real arithmetic.
+        outputs_major: a memory-layout hint, values are unaffected. When True the result may be the transposed
+            view of a contiguous ``[num_outputs, num_vqcs]`` tensor: that is cheaper to produce for one block with
+            probabilities, and it is the layout of a convolution weight whose VQCs run along its second axis.
 
     Returns:
         ``[num_vqcs, num_outputs or 2^n]``, differentiable with respect to ``theta``.
@@ -222,7 +243,7 @@ def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: 
     first = gates[:, 0].sum(dim=-1) * (1.0 / math.sqrt(2.0))  # [B, n, 2]
     high_qubits = (n + 1) // 2
     if num_blocks == 1:
-        return _one_block_readout(first, high_qubits, num_outputs, readout)
+        return _one_block_readout(first, high_qubits, num_outputs, readout, outputs_major)
     high = _kron_vectors(first[:, :high_qubits])
     state = high if n == high_qubits else (high.unsqueeze(-1) * _kron_vectors(first[:, high_qubits:]).unsqueeze(-2)).flatten(-2)
     for k in range(1, num_blocks):
@@ -231,12 +252,14 @@ def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: 
     return readout_from_amplitudes(_apply_ring(state, n, num_outputs), readout)
 
 
-def _one_block_readout(first: torch.Tensor, high_qubits: int, num_outputs: int | None, readout: str) -> torch.Tensor:
+def _one_block_readout(first: torch.Tensor, high_qubits: int, num_outputs: int | None, readout: str,
+                       outputs_major: bool = False) -> torch.Tensor:
     """One block: only the requested outputs after the ring, from the two half-register product states.
 
     psi[src] = high[src >> l] * low[src & (2^l - 1)], so each output is a product of two entries gathered from
-    vectors of 2^(n/2) entries; all 2^n amplitudes are never formed. Probabilities of a product state are the
-    product of the qubits' probabilities, so that readout stays real throughout.
+    vectors of 2^(n/2) entries. Probabilities of a product state are the product of the qubits' probabilities, so
+    that readout stays real throughout and never forms the 2^n amplitudes. The real part is formed for all 2^n
+    states by one small matmul and then permuted, which on the CPU beats gathering two complex factors.
     """
     n = first.shape[1]
     m = (1 << n) if num_outputs is None else num_outputs
@@ -244,16 +267,26 @@ def _one_block_readout(first: torch.Tensor, high_qubits: int, num_outputs: int |
     halves = [first[:, :high_qubits], first[:, high_qubits:]] if n > high_qubits else [first]
     if readout == "probabilities":
         parts = [_kron_vectors(torch.view_as_real(h).square().sum(-1)) for h in halves]
-        out = parts[0].index_select(-1, high_index)
-        return out if len(parts) == 1 else out * parts[1].index_select(-1, low_index)
+        if len(parts) == 1:
+            return parts[0].index_select(-1, high_index)
+        # Gathers as matmuls (see one_hot_sources), in the layout the caller asked for: computing it directly
+        # spares a transposing copy forward and strided element-wise products backward.
+        gather_high, gather_low = _RingCache.one_hot_sources(n, m, first.device, parts[0].dtype)
+        if outputs_major:
+            return ((gather_high @ parts[0].T) * (gather_low @ parts[1].T)).T
+        return (parts[0] @ gather_high.T) * (parts[1] @ gather_low.T)
     parts = [_kron_vectors(h) for h in halves]
     if readout == "amplitudes" or len(parts) == 1:
         out = parts[0].index_select(-1, high_index)
         out = out if len(parts) == 1 else out * parts[1].index_select(-1, low_index)
         return readout_from_amplitudes(out, readout)
-    high = torch.view_as_real(parts[0]).index_select(-2, high_index)  # [B, m, 2]
-    low = torch.view_as_real(parts[1]).index_select(-2, low_index)
-    return high[..., 0] * low[..., 0] - high[..., 1] * low[..., 1]
+    # Re(high (x) low) = high_re (x) low_re - high_im (x) low_im: one batched matmul with an inner size of 2
+    # forms all 2^n real parts, then the ring's permutation gathers the outputs (its backward is a gather too).
+    high = torch.view_as_real(parts[0])  # [B, 2^h, 2]
+    low = torch.view_as_real(parts[1])
+    real_parts = torch.bmm(high, torch.stack([low[..., 0], -low[..., 1]], dim=1)).flatten(-2)  # [B, 2^n]
+    perm, inverse = _RingCache.get(n, first.device)
+    return _GatherPermutation.apply(real_parts, perm, inverse, m)
 
 
 def num_qubits_for(channels: int) -> int:
