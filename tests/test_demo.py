@@ -36,6 +36,7 @@ def test_demo_prints_the_comparison_table(demo):
     rows = [line for line in stdout.splitlines() if line.strip().startswith(EXPECTED_MODELS)]
     assert len(rows) == 2 and "QPGConv LPP" in rows[0] and "classical" in rows[1], stdout[-3000:]
     assert "demo finished" in stdout
+    assert "without a prediction" not in stdout, "evaluation must score the test cases only"
 
 
 def test_demo_writes_evaluations_table_and_figures(demo):
