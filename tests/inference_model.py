@@ -83,6 +83,12 @@ def trained_qpg_tumor_model(root: Path) -> TrainedModel:
     return _train_tiny_model(root, _tiny_env(root), TUMOR_DATASET_ID, TUMOR_DATASET)
 
 
+def trained_kidney_and_tumor_models(tmp_path_factory) -> tuple[TrainedModel, TrainedModel]:
+    """The session's tiny kidney and tumour models (the two stages of predict-kits19)."""
+    root = shared_root(tmp_path_factory)
+    return trained_qpg_model(root), trained_qpg_tumor_model(root)
+
+
 def shared_root(tmp_path_factory) -> Path:
     return Path(tmp_path_factory.getbasetemp()) / "issue5_qpg_model"
 

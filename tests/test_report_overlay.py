@@ -8,13 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from inference_model import (
-    TINY_TRAINER,
-    nnunet_qpg_command,
-    shared_root,
-    trained_qpg_model,
-    trained_qpg_tumor_model,
-)
+from inference_model import TINY_TRAINER, nnunet_qpg_command, trained_kidney_and_tumor_models
 from nnunet_helpers import run_command
 from PIL import Image
 
@@ -25,8 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = shared_root(tmp_path_factory)
-    return trained_qpg_model(root), trained_qpg_tumor_model(root)
+    return trained_kidney_and_tumor_models(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
