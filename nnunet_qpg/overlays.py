@@ -10,12 +10,11 @@ truth it is compared with (same task); KiTS19's as the last resort.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
-import json
 
 from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
 from nnunet_qpg.evaluation import ground_truth_files
