@@ -98,8 +98,8 @@ class AxialVolume:
 
     path: Path
     image: sitk.Image
-    # a view into `image`'s buffer, axes permuted, no copy (a 1059x512x512 CT stays one copy in memory); it is
-    # valid only while this object (and so `image`) is alive: copy it to keep it longer
+    # a view into `image`'s buffer, axes permuted, no copy (a 1059x512x512 CT stays one copy in memory); the
+    # array keeps `image` alive itself (see _pixel_view), so it stays valid after this object is gone
     slices_rows_cols: np.ndarray
     numpy_axes: tuple[int, int, int]  # numpy axes of GetArrayFromImage holding slice, row, column
 
@@ -113,6 +113,23 @@ class AxialVolume:
         image = sitk.GetImageFromArray(mask)
         image.CopyInformation(self.image)
         return image
+
+
+class _PixelBuffer:
+    """Exposes an image's pixel buffer to numpy while holding the image, so no view outlives its memory.
+
+    ``sitk.GetArrayViewFromImage`` returns an array that does not keep the image alive: once the image is
+    collected, the view reads freed memory.
+    """
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
+def _pixel_view(image: sitk.Image) -> np.ndarray:
+    """A zero-copy numpy view of ``image``'s pixels (GetArrayFromImage's axis order) that keeps ``image`` alive."""
+    return np.asarray(_PixelBuffer(image))
 
 
 def _first_line(error: Exception) -> str:
@@ -144,7 +161,7 @@ def read_axial_volume(path: Path | str) -> AxialVolume:
                                           f"a single-channel CT volume is expected")
     sitk_axes = sitk_axes_from_direction(image.GetDirection())
     numpy_axes = tuple(2 - axis for axis in sitk_axes)  # numpy axis j of GetArrayFromImage is sitk index axis 2 - j
-    view = np.transpose(sitk.GetArrayViewFromImage(image), numpy_axes)
+    view = np.transpose(_pixel_view(image), numpy_axes)
     return AxialVolume(path, image, view, numpy_axes)  # type: ignore[arg-type]
 
 
