@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_qpg.postprocessing import POST_PROCESSING, PostProcessing, make_post_processing
-from nnunet_qpg.simulator import num_qubits_for, simulate_vqcs
+from nnunet_qpg.simulator import (half_register_factors, num_qubits_for, ring_outer_product, simulate_vqcs,
+                                  to_ring_source_order)
 from nnunet_qpg.torchquantum_backend import BACKENDS, simulate
 
 __all__ = ["CONV_TYPES", "GeneratedKernelConv", "QPGConv", "QPGAConv", "ConvLoRA", "is_convolution"]
@@ -222,8 +223,45 @@ class _QuantumGenerated(GeneratedKernelConv):
         """The paper's QPG parameter count: the number of VQC angles."""
         return self.theta.numel()
 
+    def _one_block_path(self) -> bool:
+        """One block on the native backend: the fused outer-product path (``ring_outer_product``) applies."""
+        foldable = self.post.name == "rce" or self.post.affine(self.theta.dtype) is not None
+        return self.backend == "native" and self.blocks == 1 and self.num_qubits >= 2 and foldable
+
+    def _fused_kernel(self, base_source: torch.Tensor | None = None) -> torch.Tensor:
+        """One block: Eq. 1's readout and the post-processing (Eqs. 3-5) in one fused pass, plus a base tensor.
+
+        The state before the CNOT ring is a product state, so every VQC's readout is a sum of one or two outer
+        products of half-register vectors; the affine strategies (LPP, SST) fold into them and the ring is one
+        row gather. ``base_source`` (``[2^n, num_vqcs]`` in ring source order, see :meth:`_to_source_order`) is
+        added in the same pass (QPGAConv's W, Eq. 7).
+        """
+        x, y = half_register_factors(self.theta, self.post.readout)
+        affine = self.post.affine(x.dtype)
+        offset = None
+        if affine is not None:
+            scale, offset = affine
+            x = x * scale
+        if base_source is not None and base_source.dtype != x.dtype:
+            base_source = base_source.to(x.dtype)
+        out = ring_outer_product(x, y, self.other_channels, offset, base_source)  # [C_other, num_vqcs]
+        if self.target_axis == 1:  # the weight is [C_other, target, k...]: already its layout
+            return out.view(self.weight_shape)
+        return out.view(self.other_channels, self.target_channels, -1).transpose(0, 1).reshape(self.weight_shape)
+
+    def _to_source_order(self, weight: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor as ``[2^n, num_vqcs]`` rows in ring source order (the fused path's base)."""
+        if self.target_axis == 1:
+            rows = weight.reshape(self.other_channels, self.num_vqcs)
+        else:
+            rows = weight.reshape(self.target_channels, self.other_channels, -1).transpose(0, 1)
+            rows = rows.reshape(self.other_channels, self.num_vqcs)
+        return to_ring_source_order(rows, self.num_qubits)
+
     def quantum_kernel(self) -> torch.Tensor:
         """The generated tensor of Eq. 6 / Eq. 8, shaped like the wrapped convolution's weight."""
+        if self._one_block_path():
+            return self._fused_kernel()
         if self.backend == "native":
             # With target axis 1 the weight stores the VQCs' outputs output-major ([C_other, target, k...]).
             readout = simulate_vqcs(self.theta, self.other_channels, self.post.readout,
@@ -278,7 +316,25 @@ class QPGAConv(_QuantumGenerated):
                   train_bias: bool = False) -> "QPGAConv":
         return cls(conv, post=post, blocks=blocks, start_at_base=start_at_base, train_bias=train_bias)
 
+    def _base_source(self) -> torch.Tensor:
+        """W (minus the initial increment with ``start_at_base``) in ring source order, rebuilt when W changes.
+
+        A derived copy, not a buffer: the state dict keeps the plain ``weight`` (pretrained weights, export).
+        """
+        tensors = (self.weight, self.initial_increment) if self.start_at_base else (self.weight,)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        cached = getattr(self, "_base_source_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                base = self.weight - self.initial_increment if self.start_at_base else self.weight
+                cached = (key, self._to_source_order(base))
+            self._base_source_cache = cached
+        return cached[1]
+
     def generate_weight(self) -> torch.Tensor:
+        if self._one_block_path() and not self.weight.requires_grad:
+            # Eq. 7 in one fused pass: W + increment without forming the increment (see _fused_kernel).
+            return self._fused_kernel(self._base_source())
         increment = self.quantum_kernel()
         if self.start_at_base:
             increment = increment - self.initial_increment

@@ -31,6 +31,13 @@ class PostProcessing(nn.Module):
     def forward(self, values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def affine(self, dtype: torch.dtype) -> tuple[torch.Tensor | float, torch.Tensor | None] | None:
+        """``(scale, offset)`` with ``forward(v) == scale * v + offset`` (offset ``[M]`` or None), or None.
+
+        Lets the one-block kernel path fold the strategy into its fused pass (see ``ring_outer_product``).
+        """
+        return None
+
 
 class RealComponentExtraction(PostProcessing):
     """RCE, Eq. 3: y_i = Re(psi_i). No trainable parameters."""
@@ -50,6 +57,15 @@ class ShiftScaleTransformation(PostProcessing):
 
     def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
         return (math.pi / 2) * (probabilities - 0.5)
+
+    def __init__(self, num_outputs: int | None = None) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+
+    def affine(self, dtype: torch.dtype) -> tuple[float, torch.Tensor | None] | None:
+        if self.num_outputs is None:
+            return None
+        return math.pi / 2, torch.full((self.num_outputs,), -math.pi / 4, dtype=dtype)
 
 
 class LinearProbabilityProjection(PostProcessing):
@@ -81,6 +97,11 @@ class LinearProbabilityProjection(PostProcessing):
         offset = self.bits.to(p.dtype) @ weight[1:] + bias
         return torch.addcmul(offset, p, weight[0])
 
+    def affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4 as scale * p_i + offset_i: scale = w_0, offset_i = w_1.. . bits(i) + b (differentiable)."""
+        weight = self.projection.weight[0].to(dtype)
+        return weight[0], self.bits.to(dtype) @ weight[1:] + self.projection.bias[0].to(dtype)
+
 
 POST_PROCESSING: dict[str, str] = {
     "rce": "Real Component Extraction, Eq. 3: Re(psi_i); no extra parameters",
@@ -95,7 +116,7 @@ def make_post_processing(name: str, num_qubits: int, num_outputs: int) -> PostPr
     if key == "rce":
         return RealComponentExtraction()
     if key == "sst":
-        return ShiftScaleTransformation()
+        return ShiftScaleTransformation(num_outputs)
     if key == "lpp":
         return LinearProbabilityProjection(num_qubits, num_outputs)
     accepted = ", ".join(f"'{k}' ({v})" for k, v in POST_PROCESSING.items())
