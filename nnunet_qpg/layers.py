@@ -247,7 +247,8 @@ class _QuantumGenerated(GeneratedKernelConv):
         out = ring_outer_product(x, y, self.other_channels, offset, base_source)  # [C_other, num_vqcs]
         if self.target_axis == 1:  # the weight is [C_other, target, k...]: already its layout
             return out.view(self.weight_shape)
-        return out.view(self.other_channels, self.target_channels, -1).transpose(0, 1).reshape(self.weight_shape)
+        out = out.view(self.other_channels, self.target_channels, -1).transpose(0, 1)
+        return out.contiguous().view(self.weight_shape)
 
     def _to_source_order(self, weight: torch.Tensor) -> torch.Tensor:
         """A weight-shaped tensor as ``[2^n, num_vqcs]`` rows in ring source order (the fused path's base)."""

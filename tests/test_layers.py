@@ -222,3 +222,108 @@ def test_bad_arguments_say_what_is_accepted() -> None:
         ConvLoRA.from_conv(conv, r=0)
     with pytest.raises(ValueError, match="square"):
         ConvLoRA.from_conv(nn.Conv2d(4, 4, (1, 3)))
+
+
+def _reference_kernel(layer) -> torch.Tensor:
+    """The layer's kernel from the complex amplitudes (dense simulation), post-processing and Eq. 6-9 indexing."""
+    amplitudes = simulate_vqcs(layer.theta, layer.other_channels, "amplitudes")
+    pairs = torch.view_as_real(amplitudes)
+    readout = pairs[..., 0] if layer.post.readout == "real" else pairs.square().sum(-1)
+    values = layer.post(readout).reshape(layer.target_channels, *layer.kernel_size, layer.other_channels)
+    spatial = list(range(1, 1 + layer.num_spatial_dims))
+    last = 1 + layer.num_spatial_dims
+    order = [0, last, *spatial] if layer.target_axis == 0 else [last, 0, *spatial]
+    kernel = values.permute(order)
+    if isinstance(layer, QPGAConv):
+        kernel = layer.weight + kernel - (layer.initial_increment if layer.start_at_base else 0)
+    return kernel
+
+
+FUSED_CONVS = [
+    lambda: nn.Conv2d(8, 16, 3),  # target input channels, C_other = 2^n
+    lambda: nn.Conv2d(16, 8, 3),  # target output channels
+    lambda: nn.Conv2d(6, 12, 3),  # C_other = 12 < 2^4
+    lambda: nn.Conv2d(12, 5, 2),  # target output channels, C_other = 12 < 16
+    lambda: nn.ConvTranspose2d(12, 6, 2, 2),
+    lambda: nn.ConvTranspose2d(5, 12, 2, 2),
+    lambda: nn.Conv2d(8, 12, 3, groups=4),
+    lambda: nn.Conv3d(4, 3, 2),
+]
+
+
+@pytest.mark.parametrize("make_conv", FUSED_CONVS)
+@pytest.mark.parametrize("post", ["lpp", "sst", "rce"])
+@pytest.mark.parametrize("cls", [QPGConv, QPGAConv])
+def test_fused_one_block_kernel_equals_the_dense_reference(make_conv, post, cls) -> None:
+    torch.manual_seed(0)
+    conv = make_conv().double()
+    kwargs = {"start_at_base": True} if cls is QPGAConv and post == "sst" else {}
+    layer = cls.from_conv(conv, post=post, **kwargs)
+    if post == "lpp":
+        with torch.no_grad():
+            layer.post.projection.weight.normal_()
+            layer.post.projection.bias.normal_()
+    assert layer._one_block_path()
+    weight = layer.generate_weight()
+    reference = _reference_kernel(layer)
+    assert weight.shape == layer.weight_shape and weight.is_contiguous()
+    assert torch.allclose(weight, reference, atol=1e-6, rtol=0)
+    probe = torch.randn_like(weight)
+    trained = [p for name, p in layer.named_parameters() if p.requires_grad and name != "bias"]
+    grads = torch.autograd.grad((weight * probe).sum(), trained)
+    reference_grads = torch.autograd.grad((reference * probe).sum(), trained)
+    for grad, expected in zip(grads, reference_grads):
+        assert torch.allclose(grad, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("make_conv", [FUSED_CONVS[2], FUSED_CONVS[3], FUSED_CONVS[4]])
+@pytest.mark.parametrize("post", ["lpp", "sst", "rce"])
+@pytest.mark.parametrize("cls", [QPGConv, QPGAConv])
+def test_fused_one_block_kernel_gradcheck(make_conv, post, cls) -> None:
+    """float64 gradcheck of generate_weight() through the fused autograd Function, angles and LPP's Linear."""
+    from torch.func import functional_call
+
+    torch.manual_seed(1)
+    layer = cls.from_conv(make_conv().double(), post=post)
+    assert layer._one_block_path()
+    names = ["theta"] + (["post.projection.weight", "post.projection.bias"] if post == "lpp" else [])
+    params = dict(layer.named_parameters())
+    inputs = tuple(params[name].detach().clone().requires_grad_(True) for name in names)
+
+    class Generate(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self):
+            return self.inner.generate_weight()
+
+    generate = Generate(layer)
+    assert torch.autograd.gradcheck(
+        lambda *values: functional_call(generate, {f"inner.{n}": v for n, v in zip(names, values)}, ()), inputs)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("num_outputs", [16, 11])
+def test_ring_outer_product_gradcheck(rank, num_outputs) -> None:
+    from nnunet_qpg.simulator import ring_outer_product, to_ring_source_order
+
+    torch.manual_seed(3)
+    x = torch.randn(rank, 4, 7, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(rank, 4, 7, dtype=torch.float64, requires_grad=True)
+    offset = torch.randn(num_outputs, dtype=torch.float64, requires_grad=True)
+    base = to_ring_source_order(torch.randn(num_outputs, 7, dtype=torch.float64), 4)
+    assert torch.autograd.gradcheck(lambda a, b, c: ring_outer_product(a, b, num_outputs, c, base), (x, y, offset))
+    assert torch.autograd.gradcheck(lambda a, b: ring_outer_product(a, b, num_outputs), (x, y))
+
+
+def test_fused_base_copy_follows_the_weight_and_keeps_the_state_dict_plain() -> None:
+    torch.manual_seed(2)
+    layer = QPGAConv.from_conv(nn.Conv2d(6, 12, 3))
+    layer.generate_weight()
+    assert set(layer.state_dict()) == {"weight", "bias", "theta", "post.projection.weight", "post.projection.bias"}
+    layer.load_state_dict({**layer.state_dict(), "weight": torch.randn_like(layer.weight)})
+    assert torch.allclose(layer.generate_weight(), _reference_kernel(layer), atol=1e-6)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert torch.allclose(layer.generate_weight(), _reference_kernel(layer), atol=1e-6)
