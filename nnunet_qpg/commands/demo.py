@@ -28,34 +28,25 @@ TRAIN_CASES, TEST_CASES = list(range(6)), [180, 181]
 QPG_TRAINER, BASELINE_TRAINER = "nnUNetTrainerQPG_Demo", "nnUNetTrainer_Demo"
 TRAINER_TEMPLATE = '''"""Demo trainers written by `nnunet-qpg demo`: the real trainers on a short schedule."""
 
-from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
+from nnunet_qpg.nnunet_trainer import PaperProtocol, nnUNetTrainerQPGBase
 from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
 
 
-class {qpg}(nnUNetTrainerQPG):
+class DemoSchedule(PaperProtocol):
+    """The paper's optimizer (Adam, lr 1e-3, weight decay 5e-4, constant LR) on a short schedule: it learns in a
+    few dozen steps, where nnU-Net's poly schedule would decay to zero within a demo's few epochs."""
+
+    schedule_epochs = {epochs}
+    schedule_iterations_per_epoch = {iterations}
+    schedule_val_iterations_per_epoch = 2
+
+
+class {qpg}(DemoSchedule, nnUNetTrainerQPG):
     """nnUNetTrainerQPG: QPGConv (Eqs. 6, 8) on the segmentation heads, LPP, one block; short schedule."""
 
-    schedule_epochs = {epochs}
-    schedule_iterations_per_epoch = {iterations}
-    schedule_val_iterations_per_epoch = 2
-    # the paper's optimizer (Adam, lr 1e-3, weight decay 5e-4, constant): learns in a few dozen steps, where
-    # nnU-Net's poly schedule would decay to zero within a demo's few epochs
-    schedule_optimizer = "adam_constant"
-    schedule_initial_lr = 1e-3
-    schedule_weight_decay = 5e-4
 
-
-class {baseline}(nnUNetTrainerQPGBase):
+class {baseline}(DemoSchedule, nnUNetTrainerQPGBase):
     """The classical baseline: nothing swapped (qpg_targets empty), same schedule."""
-
-    schedule_epochs = {epochs}
-    schedule_iterations_per_epoch = {iterations}
-    schedule_val_iterations_per_epoch = 2
-    # the paper's optimizer (Adam, lr 1e-3, weight decay 5e-4, constant): learns in a few dozen steps, where
-    # nnU-Net's poly schedule would decay to zero within a demo's few epochs
-    schedule_optimizer = "adam_constant"
-    schedule_initial_lr = 1e-3
-    schedule_weight_decay = 5e-4
 '''
 
 
