@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
-from nnunet_qpg.inference import case_name, list_volumes
+from nnunet_qpg.inference import case_files, case_name, list_volumes
 from nnunet_qpg.metrics import foreground, mean_and_std, overlap_scores, slice_scores
 
 
@@ -59,11 +59,7 @@ def ground_truth_files(folder: Path) -> dict[str, Path]:
     """case name -> ground-truth file, for an nnU-Net labels folder or a KiTS19 data folder."""
     if not folder.is_dir():
         raise EvaluationError(f"{folder} is not a folder of ground-truth masks")
-    files = {case_name(path): path for path in list_volumes(folder)}
-    for case_dir in sorted(folder.glob("case_*")):
-        if (case_dir / "segmentation.nii.gz").is_file():
-            files[case_dir.name] = case_dir / "segmentation.nii.gz"
-    return files
+    return case_files(folder, "segmentation.nii.gz")
 
 
 def _read_labels(path: Path) -> tuple[np.ndarray, sitk.Image]:

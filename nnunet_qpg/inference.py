@@ -240,6 +240,15 @@ def list_volumes(input_folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS))
 
 
+def case_files(folder: Path, kits19_file: str) -> dict[str, Path]:
+    """case name -> file, for a flat folder of NIfTI files or a KiTS19 data folder (``case_*/kits19_file``)."""
+    files = {case_name(path): path for path in list_volumes(folder)}
+    for case_dir in sorted(folder.glob("case_*")):
+        if (case_dir / kits19_file).is_file():
+            files[case_dir.name] = case_dir / kits19_file
+    return files
+
+
 def case_name(path: Path) -> str:
     """'case_00181_0000.nii.gz' -> 'case_00181' (nnU-Net's channel suffix is dropped), 'ct.nii' -> 'ct'."""
     name = next((path.name[: -len(e)] for e in NIFTI_ENDINGS if path.name.endswith(e)), path.stem)

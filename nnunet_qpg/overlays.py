@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
 from nnunet_qpg.evaluation import ground_truth_files
 from nnunet_qpg.figures import KITS19_LABEL_NAMES, save_overlay_figure
-from nnunet_qpg.inference import case_name, list_volumes
+from nnunet_qpg.inference import case_files, case_name, list_volumes
 from nnunet_qpg.metrics import overlap_scores
 
 
@@ -30,11 +30,7 @@ class OverlayError(Exception):
 def _image_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise OverlayError(f"{folder} is not a folder of images")
-    files = {case_name(path): path for path in list_volumes(folder)}
-    for case_dir in sorted(folder.glob("case_*")):
-        if (case_dir / "imaging.nii.gz").is_file():
-            files[case_dir.name] = case_dir / "imaging.nii.gz"
-    return files
+    return case_files(folder, "imaging.nii.gz")
 
 
 def label_names_of(folder: Path) -> dict[int, str] | None:

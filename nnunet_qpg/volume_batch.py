@@ -81,6 +81,24 @@ def predict_folder(
     return outcome
 
 
+def run_prediction_batch(command: str, args, make_predict: Callable[[], Callable]) -> int:
+    """A volume-prediction command's whole run: exit 0 all predicted, 1 some volumes unreadable, 2 bad setup.
+
+    ``make_predict()`` loads the model(s) and returns ``predict(volume, tick)`` for :func:`predict_folder`; a
+    model-folder problem there or a bad input folder is reported with the command's name and ends the run.
+    """
+    from nnunet_qpg.inference import ModelFolderError
+
+    try:
+        outcome = predict_folder(args.input, args.output, make_predict(), num_parts=args.num_parts,
+                                 part_id=args.part_id, overwrite=args.overwrite)
+    except (ModelFolderError, FileNotFoundError, ValueError) as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
+    print(outcome.summary(command, args.output))
+    return 1 if outcome.unreadable else 0
+
+
 def add_batch_arguments(parser) -> None:
     """-i, -o, --num-parts, --part-id, --overwrite: the options every volume-prediction command shares."""
     parser.add_argument("-i", "--input", type=Path, required=True, help="folder of 3D CT volumes (.nii.gz or .nii)")

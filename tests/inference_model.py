@@ -103,3 +103,11 @@ def without_nnunet_qpg(env: dict[str, str], blocker: Path) -> dict[str, str]:
     env.pop("nnUNet_extTrainer", None)
     env["PYTHONPATH"] = os.pathsep.join([str(blocker), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+def assert_bad_volume_skipped(output: Path, done) -> None:
+    """A batch over two good volumes and `broken.nii.gz`: exit 1, the broken file named, nothing left of it."""
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "broken.nii.gz" in done.stdout and "2 volume(s) predicted" in done.stdout
+    assert not (output / "broken.nii.gz").exists()
+    assert not [p for p in output.iterdir() if p.name.startswith(".")], "a temporary file was left behind"

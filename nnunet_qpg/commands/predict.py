@@ -14,10 +14,9 @@ QPG models need `export nnUNet_extTrainer=$(nnunet-qpg trainers-path)`, as for n
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from nnunet_qpg.volume_batch import add_batch_arguments, default_device, predict_folder
+from nnunet_qpg.volume_batch import add_batch_arguments, default_device, run_prediction_batch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,19 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_qpg.inference import ModelFolderError, SlicePreprocessing, load_predictor, predict_volume
+    from nnunet_qpg.inference import SlicePreprocessing, load_predictor, predict_volume
 
-    try:
+    def make_predict():
         preprocessing = SlicePreprocessing.from_model_folder(args.model)
         predictor = load_predictor(args.model, args.folds, default_device(args.device), args.checkpoint,
                                    use_mirroring=not args.disable_tta)
-        outcome = predict_folder(
-            args.input, args.output,
-            lambda volume, tick: predict_volume(predictor, preprocessing, volume, tick),
-            num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
-        )
-    except (ModelFolderError, FileNotFoundError, ValueError) as error:
-        print(f"predict: {error}", file=sys.stderr)
-        return 2
-    print(outcome.summary("predict", args.output))
-    return 1 if outcome.unreadable else 0
+        return lambda volume, tick: predict_volume(predictor, preprocessing, volume, tick)
+
+    return run_prediction_batch("predict", args, make_predict)

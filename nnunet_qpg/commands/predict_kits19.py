@@ -14,10 +14,9 @@ example:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from nnunet_qpg.volume_batch import add_batch_arguments, default_device, predict_folder
+from nnunet_qpg.volume_batch import add_batch_arguments, default_device, run_prediction_batch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,11 +34,11 @@ def _check_task(preprocessing, expected: str, folder: Path, option: str) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_qpg.inference import ModelFolderError, SlicePreprocessing, load_predictor
+    from nnunet_qpg.inference import SlicePreprocessing, load_predictor
     from nnunet_qpg.two_stage import predict_kits19_volume
 
-    device = default_device(args.device)
-    try:
+    def make_predict():
+        device = default_device(args.device)
         kidney_preprocessing = SlicePreprocessing.from_model_folder(args.kidney_model)
         tumor_preprocessing = SlicePreprocessing.from_model_folder(args.tumor_model)
         _check_task(kidney_preprocessing, "kidney", args.kidney_model, "--kidney-model")
@@ -48,14 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                 use_mirroring=not args.disable_tta)
         tumor = load_predictor(args.tumor_model, args.tumor_folds, device, args.checkpoint,
                                use_mirroring=not args.disable_tta)
-        outcome = predict_folder(
-            args.input, args.output,
-            lambda volume, tick: predict_kits19_volume(volume, kidney, kidney_preprocessing, tumor,
-                                                       tumor_preprocessing, tick),
-            num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
-        )
-    except (ModelFolderError, FileNotFoundError, ValueError) as error:
-        print(f"predict-kits19: {error}", file=sys.stderr)
-        return 2
-    print(outcome.summary("predict-kits19", args.output))
-    return 1 if outcome.unreadable else 0
+        return lambda volume, tick: predict_kits19_volume(volume, kidney, kidney_preprocessing, tumor,
+                                                          tumor_preprocessing, tick)
+
+    return run_prediction_batch("predict-kits19", args, make_predict)
