@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_qpg.postprocessing import POST_PROCESSING, PostProcessing, make_post_processing
-from nnunet_qpg.simulator import (half_register_factors, num_qubits_for, ring_outer_product, simulate_vqcs,
+from nnunet_qpg.simulator import (half_register_factors, num_qubits_for, ring_outer_product,
                                   to_ring_source_order)
 from nnunet_qpg.torchquantum_backend import BACKENDS, simulate
 
@@ -263,13 +263,8 @@ class _QuantumGenerated(GeneratedKernelConv):
         """The generated tensor of Eq. 6 / Eq. 8, shaped like the wrapped convolution's weight."""
         if self._one_block_path():
             return self._fused_kernel()
-        if self.backend == "native":
-            # With target axis 1 the weight stores the VQCs' outputs output-major ([C_other, target, k...]).
-            readout = simulate_vqcs(self.theta, self.other_channels, self.post.readout,
-                                    outputs_major=self.target_axis == 1)
-        else:
-            readout = simulate(self.theta, num_outputs=self.other_channels, backend=self.backend,
-                               readout=self.post.readout)
+        readout = simulate(self.theta, num_outputs=self.other_channels, backend=self.backend,
+                           readout=self.post.readout)
         values = self.post(readout)  # [num_vqcs, C_other], rows ordered (target, k_1, k_2, ...)
         values = values.reshape(self.target_channels, *self.kernel_size, self.other_channels)
         spatial = list(range(1, 1 + self.num_spatial_dims))

@@ -211,8 +211,7 @@ def readout_from_amplitudes(amplitudes: torch.Tensor, readout: str) -> torch.Ten
     raise ValueError(f"unknown readout {readout!r}; accepted: {', '.join(READOUTS)}")
 
 
-def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: str = "amplitudes",
-                  outputs_major: bool = False) -> torch.Tensor:
+def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: str = "amplitudes") -> torch.Tensor:
     """Final states of a batch of VQCs (Eq. 1), or the part of them post-processing reads.
 
     Args:
@@ -221,9 +220,6 @@ def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: 
         num_outputs: if given, only the first ``num_outputs`` basis states are returned (cheaper).
         readout: ``"amplitudes"`` (complex psi_i), ``"real"`` (Re psi_i, for RCE) or ``"probabilities"``
             (|psi_i|^2, for LPP and SST). With one block the last two are computed in real arithmetic.
-        outputs_major: a memory-layout hint, values are unaffected. When True the result may be the transposed
-            view of a contiguous ``[num_outputs, num_vqcs]`` tensor: that is cheaper to produce for one block with
-            probabilities, and it is the layout of a convolution weight whose VQCs run along its second axis.
 
     Returns:
         ``[num_vqcs, num_outputs or 2^n]``, differentiable with respect to ``theta``.
@@ -246,7 +242,7 @@ def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: 
     first = gates[:, 0].sum(dim=-1) * (1.0 / math.sqrt(2.0))  # [B, n, 2]
     high_qubits = (n + 1) // 2
     if num_blocks == 1:
-        return _one_block_readout(first, high_qubits, num_outputs, readout, outputs_major)
+        return _one_block_readout(first, high_qubits, num_outputs, readout)
     high = _kron_vectors(first[:, :high_qubits])
     state = high if n == high_qubits else (high.unsqueeze(-1) * _kron_vectors(first[:, high_qubits:]).unsqueeze(-2)).flatten(-2)
     for k in range(1, num_blocks):
@@ -255,8 +251,7 @@ def simulate_vqcs(theta: torch.Tensor, num_outputs: int | None = None, readout: 
     return readout_from_amplitudes(_apply_ring(state, n, num_outputs), readout)
 
 
-def _one_block_readout(first: torch.Tensor, high_qubits: int, num_outputs: int | None, readout: str,
-                       outputs_major: bool = False) -> torch.Tensor:
+def _one_block_readout(first: torch.Tensor, high_qubits: int, num_outputs: int | None, readout: str) -> torch.Tensor:
     """One block: only the requested outputs after the ring, from the two half-register product states.
 
     psi[src] = high[src >> l] * low[src & (2^l - 1)], so each output is a product of two entries gathered from
@@ -272,11 +267,8 @@ def _one_block_readout(first: torch.Tensor, high_qubits: int, num_outputs: int |
         parts = [_kron_vectors(torch.view_as_real(h).square().sum(-1)) for h in halves]
         if len(parts) == 1:
             return parts[0].index_select(-1, high_index)
-        # Gathers as matmuls (see one_hot_sources), in the layout the caller asked for: computing it directly
-        # spares a transposing copy forward and strided element-wise products backward.
+        # Gathers as matmuls (see one_hot_sources): their backward is a matmul, not a scatter-add.
         gather_high, gather_low = _RingCache.one_hot_sources(n, m, first.device, parts[0].dtype)
-        if outputs_major:
-            return ((gather_high @ parts[0].T) * (gather_low @ parts[1].T)).T
         return (parts[0] @ gather_high.T) * (parts[1] @ gather_low.T)
     parts = [_kron_vectors(h) for h in halves]
     if readout == "amplitudes" or len(parts) == 1:
