@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_slices import slices_with_labels
-from nnunet_qpg.dataset_conversion.nifti_gzip_check import truncation_problem
+from nnunet_qpg.nifti_check import truncation_problem
 
 KITS19_LABELS = (0, 1, 2)  # background, kidney, tumor
 

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_slices import resize_image, window_and_denoise
 from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
-from nnunet_qpg.dataset_conversion.nifti_gzip_check import truncation_problem
+from nnunet_qpg.nifti_check import truncation_problem
 
 # nnU-Net's SimpleITK reader gives 2D images this spacing; the 2D configuration never resamples along it.
 NNUNET_2D_SPACING = [999.0, 1.0, 1.0]

@@ -1,0 +1,110 @@
+"""The one reader of user images: every volume, mask and slice a command reads goes through :func:`read_image`.
+
+ITK reads several broken files without a word, and what it returns then looks like data. This reader refuses:
+
+- missing files, files ITK cannot decode, and truncated NIfTI files, ``.nii`` and ``.nii.gz`` alike (the missing
+  voxels would come back as zeros; see :mod:`nnunet_qpg.nifti_check`);
+- images with the wrong number of dimensions or more than one component per voxel, when the caller says;
+- non-finite values (NaN, +-inf), unless the caller asks to replace them: ``non_finite="replace"`` sets NaN and
+  -inf to the image's lowest finite value and +inf to its highest (for CT: air and the densest tissue), so a
+  command that must go on can, and says it did.
+
+Problems raise :class:`UnreadableImageError`, whose message names the file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_qpg.nifti_check import float_voxels, truncation_problem
+
+__all__ = ["NON_FINITE_CHOICES", "UnreadableImageError", "read_image", "read_image_header"]
+
+NON_FINITE_CHOICES = ("refuse", "replace")
+
+
+class UnreadableImageError(Exception):
+    """An image that cannot be used; the message names the file, the problem and the fix."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _check_shape(path: Path, dimension: int | None, components: int, actual_dimension: int) -> None:
+    if dimension is not None and actual_dimension != dimension:
+        raise UnreadableImageError(path, f"is {actual_dimension}D; a {dimension}D image is expected")
+    if components != 1:
+        raise UnreadableImageError(path, f"has {components} components per voxel; a single-channel image is "
+                                         f"expected")
+
+
+def read_image_header(path: Path | str, dimension: int | None = None) -> sitk.ImageFileReader:
+    """The header of an image file (no voxels read), after the existence and truncation checks."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(path, "file is missing")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise UnreadableImageError(path, f"cannot be read as an image (corrupt or not an image): "
+                                         f"{_last_line(error)}; re-export or copy the file again") from None
+    problem = truncation_problem(path)
+    if problem:
+        raise UnreadableImageError(path, problem)
+    _check_shape(path, dimension, reader.GetNumberOfComponents(), reader.GetDimension())
+    return reader
+
+
+def read_image(path: Path | str, dimension: int | None = None, non_finite: str = "refuse") -> sitk.Image:
+    """Read and check an image (native pixel type, no float copy of a large CT).
+
+    ``dimension``: the number of dimensions required (None: any). ``non_finite``: ``"refuse"`` (default) or
+    ``"replace"`` (see the module docstring).
+    """
+    if non_finite not in NON_FINITE_CHOICES:
+        raise ValueError(f"non_finite must be one of {NON_FINITE_CHOICES}, got {non_finite!r}")
+    path = Path(path)
+    read_image_header(path, dimension)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise UnreadableImageError(path, f"is corrupt (its voxels cannot be decoded): {_last_line(error)}; "
+                                         f"re-export or copy the file again") from None
+    return _checked_finite(path, image, non_finite)
+
+
+def _checked_finite(path: Path, image: sitk.Image, non_finite: str) -> sitk.Image:
+    """ITK has already turned NaN into 0, so the raw voxels of float files say where the bad values were."""
+    raw = float_voxels(path) if path.name.endswith((".nii", ".nii.gz")) else None
+    if raw is None:
+        return image
+    finite = np.isfinite(raw)
+    if finite.all():
+        return image
+    bad = int(finite.size - np.count_nonzero(finite))
+    if non_finite == "refuse" or not finite.any():
+        what = "every voxel is" if not finite.any() else f"{bad} voxel(s) are"
+        fix = ("" if not finite.any() else
+               " or pass --non-finite replace to set NaN and -inf to the lowest finite value and +inf to the highest")
+        raise UnreadableImageError(path, f"{what} NaN or infinite; fix the file{fix}")
+    voxels = sitk.GetArrayFromImage(image)
+    if voxels.shape != raw.shape:  # e.g. a 4D file with a singleton axis: ITK dropped it
+        raw, finite = raw.reshape(voxels.shape), finite.reshape(voxels.shape)
+    low, high = float(voxels[finite].min()), float(voxels[finite].max())
+    voxels[np.isnan(raw) | np.isneginf(raw)] = low
+    voxels[np.isposinf(raw)] = high
+    fixed = sitk.GetImageFromArray(voxels)
+    fixed.CopyInformation(image)
+    return fixed
