@@ -45,8 +45,8 @@ from nnunet_qpg.dataset_conversion.nnunet_raw_dataset import (
     RawDataset,
     grouped_folds,
     images_by_case,
-    write_json_atomically,
 )
+from nnunet_qpg.safe_io import write_json_atomically
 
 TASKS = {
     # task: (default dataset id, dataset name, label name of mask value 1)

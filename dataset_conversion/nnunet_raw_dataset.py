@@ -19,28 +19,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import SimpleITK as sitk
+
+from nnunet_qpg.safe_io import write_json_atomically
 
 SPLIT_FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
 RECORDS_FOLDER = ".cases"
 STAGING_FOLDER = ".staging"
 SPLITS_SEED = 12345  # nnU-Net's own seed for its default 5-fold split
-
-
-def write_json_atomically(path: Path, content: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(content, stream, indent=2)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 class RawDataset:

@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from nnunet_qpg.safe_io import save_torch_atomically
 from nnunet_qpg.surgery import bake
 
 STOCK_TRAINER = "nnUNetTrainer"
@@ -94,17 +94,6 @@ def _probe_difference(qpg_network: nn.Module, baked: nn.Module, patch_size: list
     baked.eval()
     with torch.no_grad():
         return float((qpg_network(probe) - baked(probe)).abs().max())
-
-
-def _save_atomically(content, path: Path) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(content, temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def exported_model_folder(model_folder: Path, results_root: Path) -> Path:
@@ -178,7 +167,7 @@ def export_model(model_folder: Path | str, results_root: Path | str,
                                   "source": str(source.resolve())},
             }
             (target / fold.name).mkdir(exist_ok=True)
-            _save_atomically(exported, target / fold.name / checkpoint_name)
+            save_torch_atomically(exported, target / fold.name / checkpoint_name)
             result.source_trainer = trainer_name
             result.baked_layers = baked_names
             result.max_abs_difference = max(result.max_abs_difference, difference)

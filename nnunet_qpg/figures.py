@@ -10,11 +10,11 @@ legend line naming the colours it uses, so a reader never has to guess. Only mat
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from nnunet_qpg.safe_io import atomic_path
 
 KIDNEY_COLOUR = (0.1, 0.85, 0.2)
 TUMOR_COLOUR = (0.95, 0.15, 0.15)
@@ -103,13 +103,9 @@ def save_overlay_figure(path: Path, image_2d: np.ndarray, ground_truth: np.ndarr
     if legend:
         figure.text(0.5, 0.01, legend, ha="center", va="bottom", fontsize=8)
     figure.tight_layout(rect=(0, 0.05, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temp_name, dpi=110)
-        os.replace(temp_name, path)
+        with atomic_path(path, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=110)
     finally:
         plt.close(figure)
-        Path(temp_name).unlink(missing_ok=True)
     return path

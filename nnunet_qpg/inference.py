@@ -17,8 +17,6 @@ masks from what `nnUNetv2_predict` gives on the converted 2D files.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -218,20 +216,6 @@ def predict_volume(predictor, preprocessing: SlicePreprocessing, volume: AxialVo
         if on_slice:
             on_slice()
     return volume.mask_image(mask)
-
-
-def write_image_atomically(image: sitk.Image, path: Path) -> None:
-    """Write under a temporary name beside `path`, then rename: a crash never leaves a half-written mask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ending = next((e for e in NIFTI_ENDINGS if path.name.endswith(e)), path.suffix)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ending, dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteImage(image, temp_name, useCompression=True)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def list_volumes(input_folder: Path) -> list[Path]:

@@ -23,8 +23,8 @@ from nnunet_qpg.inference import (
     list_volumes,
     read_axial_volume,
     this_part,
-    write_image_atomically,
 )
+from nnunet_qpg.safe_io import write_image_atomically
 
 
 @dataclass

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_qpg.dataset_conversion.nnunet_raw_dataset import write_json_atomically
+    from nnunet_qpg.safe_io import write_json_atomically
     from nnunet_qpg.evaluation import EvaluationError, evaluate_folders, format_table
 
     try:

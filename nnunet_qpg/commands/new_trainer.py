@@ -21,8 +21,9 @@ import keyword
 import shlex
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from nnunet_qpg.safe_io import write_text_atomically
 
 MODES = ("replace", "adapter", "lora")
 POSTS = ("rce", "lpp", "sst")
@@ -66,20 +67,6 @@ def trainer_source(name: str, targets: list[str], mode: str = "replace", post: s
         lines.append(f"    schedule_iterations_per_epoch = {iterations_per_epoch!r}")
         lines.append(f"    schedule_val_iterations_per_epoch = {max(1, iterations_per_epoch // 5)!r}")
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def _positive(text: str) -> int:
@@ -141,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                             train_only=train_only, paper_schedule=args.paper_schedule, epochs=args.epochs,
                             iterations_per_epoch=args.iterations_per_epoch, command_line=command_line)
     compile(source, str(path), "exec")  # a bug here must never leave a broken trainer file behind
-    write_atomically(path, source)
+    write_text_atomically(path, source)
     print(f"wrote {path}\nuse it with:\n  export nnUNet_extTrainer=\"$nnUNet_extTrainer{os.pathsep}"
           f"{path.parent.resolve()}\"\n  nnUNetv2_train DATASET 2d FOLD -tr {name}")
     return 0

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from nnunet_qpg.dataset_conversion.nnunet_raw_dataset import write_json_atomically
+    from nnunet_qpg.safe_io import write_json_atomically
     from nnunet_qpg.evaluation import format_table
     from nnunet_qpg.model_report import model_row, table_rows
 
