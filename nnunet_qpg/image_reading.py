@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_qpg.nifti_check import float_voxels, truncation_problem
+from nnunet_qpg.nifti_check import count_non_finite, float_voxels, truncation_problem
 
 __all__ = ["NON_FINITE_CHOICES", "UnreadableImageError", "read_image", "read_image_header"]
 
@@ -87,19 +87,20 @@ def read_image(path: Path | str, dimension: int | None = None, non_finite: str =
 
 def _checked_finite(path: Path, image: sitk.Image, non_finite: str) -> sitk.Image:
     """ITK has already turned NaN into 0, so the raw voxels of float files say where the bad values were."""
-    raw = float_voxels(path) if path.name.endswith((".nii", ".nii.gz")) else None
-    if raw is None:
+    if not path.name.endswith((".nii", ".nii.gz")):
         return image
-    finite = np.isfinite(raw)
-    if finite.all():
+    bad = count_non_finite(path)  # streamed: a clean volume is never held twice
+    if bad == 0:
         return image
-    bad = int(finite.size - np.count_nonzero(finite))
-    if non_finite == "refuse" or not finite.any():
-        what = "every voxel is" if not finite.any() else f"{bad} voxel(s) are"
-        fix = ("" if not finite.any() else
+    everything = bad == image.GetNumberOfPixels()
+    if non_finite == "refuse" or everything:
+        what = "every voxel is" if everything else f"{bad} voxel(s) are"
+        fix = ("" if everything else
                " or pass --non-finite replace to set NaN and -inf to the lowest finite value and +inf to the highest")
         raise UnreadableImageError(path, f"{what} NaN or infinite; fix the file{fix}")
     voxels = sitk.GetArrayFromImage(image)
+    raw = float_voxels(path)
+    finite = np.isfinite(raw)
     if voxels.shape != raw.shape:  # e.g. a 4D file with a singleton axis: ITK dropped it
         raw, finite = raw.reshape(voxels.shape), finite.reshape(voxels.shape)
     low, high = float(voxels[finite].min()), float(voxels[finite].max())

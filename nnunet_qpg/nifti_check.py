@@ -69,6 +69,32 @@ def _float_layout(header: bytes) -> tuple[str, int, tuple[int, ...]] | None:
     return None
 
 
+CHUNK_BYTES = 1 << 24
+
+
+def count_non_finite(path: Path | str) -> int:
+    """How many voxels of a floating-point NIfTI file are NaN or infinite (0 for integer files), read from the
+    raw stream in chunks of 16 MiB, so a large CT is never held twice."""
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        layout = _float_layout(stream.read(NIFTI2_HEADER_BYTES))
+        if layout is None:
+            return 0
+        dtype, voxel_offset, shape = layout
+        stream.seek(voxel_offset)
+        item = np.dtype(dtype).itemsize
+        remaining, bad = prod(shape) * item, 0
+        while remaining > 0:
+            chunk = stream.read(min(CHUNK_BYTES - CHUNK_BYTES % item, remaining))
+            if not chunk:
+                break
+            values = np.frombuffer(chunk[: len(chunk) - len(chunk) % item], dtype=dtype)
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            remaining -= len(chunk)
+    return bad
+
+
 def float_voxels(path: Path | str) -> np.ndarray | None:
     """The raw voxel values of a floating-point NIfTI file (.nii or .nii.gz) in GetArrayFromImage's axis order,
     NaN and inf as stored (before any scaling); None for integer files."""
