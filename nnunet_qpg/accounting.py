@@ -31,6 +31,8 @@ class LayerRecord:
     qpg_parameters: int = 0
     post_processing_parameters: int = 0
     lora_parameters: int = 0
+    lora_rank: int = 0
+    lora_factorisation: str = ""  # ConvLoRA's fold: "loralib (k=3)", "largest side (k=3 of 1x3x3)"
     qubits: int = 0
     vqcs: int = 0
     blocks: int = 0
@@ -62,6 +64,8 @@ def describe_layer(name: str, layer: GeneratedKernelConv, aliases: list[str] | N
         record.post = layer.post_name
     elif isinstance(layer, ConvLoRA):
         record.lora_parameters = layer.lora_A.numel() + layer.lora_B.numel()
+        record.lora_rank = layer.r
+        record.lora_factorisation = layer.factorisation
     return record
 
 
@@ -95,11 +99,17 @@ class QPGReport:
         }
 
     def table(self) -> str:
-        """A plain-text table: one row per swapped layer, then the totals."""
+        """A plain-text table: one row per swapped layer, then the totals.
+
+        ConvLoRA layers add a column with the rank and the factorisation (which kernel side A and B fold on).
+        """
+        lora = any(layer.lora_factorisation for layer in self.layers)
         header = ["layer", "type", "C_in->C_out", "kernel", "classic", "added", "qubits", "VQCs"]
+        if lora:
+            header.append("LoRA factorisation")
         rows = []
         for layer in self.layers:
-            rows.append([
+            row = [
                 layer.name,
                 layer.layer_type,
                 f"{layer.in_channels}->{layer.out_channels}",
@@ -108,23 +118,32 @@ class QPGReport:
                 f"{layer.added_parameters:,}",
                 str(layer.qubits) if layer.qubits else "-",
                 f"{layer.vqcs:,}" if layer.vqcs else "-",
-            ])
+            ]
+            if lora:
+                row.append(f"r={layer.lora_rank}, {layer.lora_factorisation}" if layer.lora_factorisation else "-")
+            rows.append(row)
         widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
                   for i in range(len(header))]
         numeric = {2, 3, 4, 5, 6, 7}
 
         def fmt(cells: list[str]) -> str:
-            return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+            line = "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths)))
+            return line.rstrip()
 
         classic = sum(layer.classic_parameters for layer in self.layers)
         added = sum(layer.added_parameters for layer in self.layers)
+        totals = [f"{len(self.layers)} layers ({self.mode})", "", "", "", f"{classic:,}", f"{added:,}", "", ""]
         lines = [fmt(header), fmt(["-" * w for w in widths])]
         lines += [fmt(r) for r in rows]
         lines.append(fmt(["-" * w for w in widths]))
-        lines.append(fmt([f"{len(self.layers)} layers ({self.mode})", "", "", "", f"{classic:,}", f"{added:,}", "", ""]))
+        lines.append(fmt(totals + [""] * (len(header) - len(totals))))
         ratio = self.trainable_after / self.trainable_before if self.trainable_before else float("nan")
         lines.append(f"trainable parameters: {self.trainable_before:,} before -> {self.trainable_after:,} after "
                      f"({ratio:.2%})")
+        if lora:
+            lines.append("LoRA: A [r*k, C_in*k], B [numel(W)/(C_in*k), r*k], k = the kernel side (loralib) or "
+                         "the largest side of an anisotropic kernel")
         return "\n".join(lines)
 
     def __str__(self) -> str:

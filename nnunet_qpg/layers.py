@@ -340,8 +340,31 @@ class QPGAConv(_QuantumGenerated):
 class ConvLoRA(GeneratedKernelConv):
     """ConvLoRA as loralib defines it (SPEC section 4): W' = W + (B @ A).view(W.shape) * alpha / r.
 
-    For kernel side k, ``lora_A`` is ``[r*k, C_in*k]`` and ``lora_B`` ``[numel(W) / (C_in*k), r*k]``, which for a
-    2D convolution is loralib's ``[C_out/groups*k, r*k]``. B starts at zero, A Kaiming-uniform, W frozen.
+    The kernel is folded on one kernel side k: the weight W (``[C_out, C_in/groups, *kernel]``, or
+    ``[C_in, C_out/groups, *kernel]`` for a transposed convolution) is read, row-major, as a matrix
+    ``[numel(W) / (C_in*k), C_in*k]`` and its increment factors as ``lora_B @ lora_A`` with
+
+    * ``lora_A``: ``[r*k, C_in*k]`` (Kaiming-uniform),
+    * ``lora_B``: ``[numel(W) / (C_in*k), r*k]`` = ``[C_out/groups * prod(kernel) / k, r*k]`` (zeros, so the
+      layer starts exactly at the base convolution).
+
+    Which side: **k = the largest kernel side**, ``max(kernel_size)``.
+
+    * Square and cubic kernels (all sides k): loralib's shapes, ``factorisation == "loralib (k=K)"``. In 2D B is
+      loralib's ``[C_out/groups*k, r*k]``; in 3D it holds ``C_out/groups*k*k`` rows (loralib's own 3D shapes do
+      not fill the kernel; this is what 1x1x1 / 2x2x2 / 3x3x3 ConvLoRA always did here).
+    * Anisotropic kernels (nnU-Net's 1x3x3 and 3x3x1 convolutions, its 1x2x2 transposed convolutions, ...):
+      the same fold on the largest side, ``factorisation == "largest side (k=K of AxBxC)"``. A size-1 axis thus
+      changes nothing: a 1x3x3 (or 3x3x1) Conv3d gets exactly the A and B of a 3x3 Conv2d with the same
+      channels, a 1x2x2 ConvTranspose3d those of a 2x2 ConvTranspose2d: the inner dimension stays r*k (the
+      increment's rank is at most r*k, as in loralib) and the count is the matching 2D layer's. Folding on a
+      size-1 side instead (say the last side of 3x3x1) would give A ``[r, C_in]`` and B
+      ``[C_out/groups*9, r]``: rank at most r, every kernel tap in B, and a different layer for 1x3x3 and 3x3x1.
+
+    Trainable parameters (A and B):  ``r*k*(C_in*k + C_out/groups * prod(kernel)/k)``
+    ``= r * (C_in*k^2 + C_out/groups * prod(kernel))``; for a k x k kernel ``r*k*k*(C_in + C_out/groups)``
+    (64 -> 64, 3x3: 9,216 at r=8, 18,432 at r=16), for 1x3x3 and 3x3x1 ``9r*(C_in + C_out/groups)``, for
+    1x2x2 ``4r*(C_in + C_out/groups)``. The base kernel is frozen; the bias too unless ``train_bias``.
     ``alpha`` defaults to r (scale 1).
     """
 
@@ -349,9 +372,10 @@ class ConvLoRA(GeneratedKernelConv):
         super().__init__(conv)
         if not isinstance(r, int) or isinstance(r, bool) or r < 1:
             raise ValueError(f"LoRA rank r must be an integer >= 1, got {r!r}")
-        if len(set(self.kernel_size)) != 1:
-            raise ValueError(f"ConvLoRA needs a square (cubic) kernel, got kernel_size={self.kernel_size}")
-        k = self.kernel_size[0]
+        k = self.lora_side = max(self.kernel_size)
+        shape = "x".join(map(str, self.kernel_size))
+        self.factorisation: str = (f"loralib (k={k})" if len(set(self.kernel_size)) == 1
+                                   else f"largest side (k={k} of {shape})")
         self.r = r
         self.alpha = float(r if alpha is None else alpha)
         self.scaling = self.alpha / r
@@ -359,7 +383,8 @@ class ConvLoRA(GeneratedKernelConv):
         if self.bias is not None:
             self.bias.requires_grad_(train_bias)
         columns = self.in_channels * k
-        rows = self.weight.numel() // columns
+        rows, remainder = divmod(self.weight.numel(), columns)
+        assert remainder == 0, (self.weight.shape, columns)  # k divides prod(kernel), C_in/groups * groups = C_in
         self.lora_A = nn.Parameter(self.weight.new_zeros(r * k, columns))
         self.lora_B = nn.Parameter(self.weight.new_zeros(rows, r * k))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -373,4 +398,4 @@ class ConvLoRA(GeneratedKernelConv):
         return self.weight + (self.lora_B @ self.lora_A).view(self.weight_shape) * self.scaling
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, r={self.r}, alpha={self.alpha}"
+        return f"{super().extra_repr()}, r={self.r}, alpha={self.alpha}, factorisation={self.factorisation!r}"

@@ -120,8 +120,6 @@ CONVS = [
 def test_layer_behaves_as_the_convolution_with_the_generated_kernel(make_conv, mode) -> None:
     torch.manual_seed(0)
     conv = make_conv()
-    if mode == "lora" and len(set(conv.kernel_size)) != 1:
-        pytest.skip("ConvLoRA is defined for square kernels")
     layer = {"replace": QPGConv.from_conv, "adapter": QPGAConv.from_conv, "lora": ConvLoRA.from_conv}[mode](conv)
     x = torch.randn(2, conv.in_channels, *([7] * (conv.weight.dim() - 2)))
     weight = layer.generate_weight()
@@ -220,8 +218,10 @@ def test_bad_arguments_say_what_is_accepted() -> None:
         QPGConv.from_conv(nn.Linear(4, 4))
     with pytest.raises(ValueError, match="rank r must be an integer >= 1"):
         ConvLoRA.from_conv(conv, r=0)
-    with pytest.raises(ValueError, match="square"):
-        ConvLoRA.from_conv(nn.Conv2d(4, 4, (1, 3)))
+    # Anisotropic kernels are accepted: folded on their largest side (tests/test_convlora_kernels.py).
+    lora = ConvLoRA.from_conv(nn.Conv2d(4, 4, (1, 3)), r=2)
+    assert lora.factorisation == "largest side (k=3 of 1x3)"
+    assert tuple(lora.lora_A.shape) == (2 * 3, 4 * 3) and tuple(lora.lora_B.shape) == (4, 2 * 3)
 
 
 def _reference_kernel(layer) -> torch.Tensor:
