@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
-    from nnunet_qpg.surgery import _conv_listing
+    from nnunet_qpg.surgery import conv_listing
 
     try:
         plans, dataset_json = _load_plans(args)
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
         network = trainer.build_plain_network(plans_manager, configuration_manager, num_inputs, num_outputs, True)
         if args.list:
-            print(_conv_listing(network, limit=10**6))
+            print(conv_listing(network, limit=10**6))
             return 0
         report = trainer.apply_qpg_settings(network)
     except ValueError as error:
