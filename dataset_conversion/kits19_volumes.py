@@ -1,8 +1,10 @@
 """Reading one KiTS19 case (imaging + segmentation) safely, and finding its axial axis from the header.
 
-Everything that can be wrong with a case's files is checked here and reported as a `BadCaseError` that names
-the file, the problem and the fix, so the converter can skip the case (or stop, with --strict) without writing
-anything for it.
+Everything that can be wrong with a case's files is checked here (the files are read through the one image
+reader, :mod:`nnunet_qpg.image_reading`: truncated .nii/.nii.gz, corrupt data, NaN or infinite voxels) and
+reported as a `BadCaseError` that names the case, the file, the problem and the fix, so the converter can skip
+the case (or stop, with --strict) without writing anything for it. A case's files are `imaging.nii.gz` and
+`segmentation.nii.gz` as KiTS19 ships them; uncompressed `.nii` files are read too.
 
 Axial axis: the slice axis is taken from the direction matrix (the sitk index axis whose direction is closest to
 the patient's superior-inferior axis), never assumed to be an array axis. In the KiTS19 files it is sitk index
@@ -11,15 +13,18 @@ axis 0 (nibabel's axis 0), which `sitk.GetArrayFromImage` puts LAST (numpy axis 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_slices import slices_with_labels
-from nnunet_qpg.nifti_check import truncation_problem
+from nnunet_qpg.image_reading import UnreadableImageError, read_image, read_image_header
 
 KITS19_LABELS = (0, 1, 2)  # background, kidney, tumor
 
@@ -69,23 +74,31 @@ def sitk_axes_from_direction(direction: tuple[float, ...]) -> tuple[int, int, in
     return tuple(int(axis) for axis in best)  # type: ignore[return-value]
 
 
+def case_file(case_dir: Path, name: str) -> Path:
+    """`case_dir/{name}.nii.gz`, or `{name}.nii` when only that exists; both at once is ambiguous (which one is
+    the case?), so the case is refused rather than one of them silently chosen."""
+    compressed, plain = case_dir / f"{name}.nii.gz", case_dir / f"{name}.nii"
+    if compressed.exists() and plain.exists():
+        raise BadCaseError(case_dir.name, plain, f"and {compressed.name} are both present; keep only one")
+    return plain if plain.exists() else compressed
+
+
 def _read_header(case_id: str, path: Path) -> sitk.ImageFileReader:
     if not path.is_file():
         raise BadCaseError(case_id, path, "file is missing; every case needs imaging.nii.gz and segmentation.nii.gz")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    with _as_bad_case(case_id, path):
+        return read_image_header(path, dimension=3)
+
+
+@contextlib.contextmanager
+def _as_bad_case(case_id: str, path: Path) -> Iterator[None]:
+    """The image reader's refusals (and decoding errors it does not name) as a BadCaseError of this case."""
     try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise BadCaseError(case_id, path, f"cannot be read as NIfTI (corrupt or not an image): {_first_line(error)}")
-    problem = truncation_problem(path)
-    if problem:
-        raise BadCaseError(case_id, path, problem)
-    if reader.GetDimension() != 3:
-        raise BadCaseError(case_id, path, f"is {reader.GetDimension()}D; a 3D volume is expected")
-    if reader.GetNumberOfComponents() != 1:
-        raise BadCaseError(case_id, path, f"has {reader.GetNumberOfComponents()} components per voxel; expected 1")
-    return reader
+        yield
+    except UnreadableImageError as error:
+        raise BadCaseError(case_id, error.path, error.problem) from None
+    except (OSError, EOFError, zlib.error, RuntimeError, ValueError) as error:  # e.g. a gzip stream broken inside
+        raise BadCaseError(case_id, path, f"cannot be read ({_first_line(error)}); download or copy it again") from None
 
 
 def _first_line(error: Exception) -> str:
@@ -93,11 +106,21 @@ def _first_line(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _read_pixels(case_id: str, path: Path) -> sitk.Image:
+def _read_pixels(case_id: str, path: Path, non_finite: str) -> sitk.Image:
+    """The voxels in their native pixel type (no float copy of the whole volume), checked by the one reader."""
+    with _as_bad_case(case_id, path):
+        return read_image(path, dimension=3, non_finite=non_finite)
+
+
+def _read_labels(case_id: str, path: Path) -> sitk.Image:
+    """Labels are never repaired: NaN or inf in a segmentation is a broken file, whatever --non-finite says."""
     try:
-        return sitk.ReadImage(str(path))  # native pixel type: no float copy of the whole volume
-    except RuntimeError as error:
-        raise BadCaseError(case_id, path, f"is corrupt (data cannot be decoded): {_first_line(error)}")
+        return _read_pixels(case_id, path, "refuse")
+    except BadCaseError as error:
+        if "NaN or infinite" not in error.problem:
+            raise
+        raise BadCaseError(case_id, path, "has NaN or infinite label values; KiTS19 labels are 0, 1, 2 "
+                                          "(--non-finite replace applies to imaging.nii.gz only)") from None
 
 
 def _check_same_geometry(case_id: str, image: sitk.ImageFileReader, labels: sitk.ImageFileReader, path: Path) -> None:
@@ -130,13 +153,15 @@ def _check_labels(case_id: str, labels: np.ndarray, path: Path) -> None:
         raise BadCaseError(case_id, path, "has no kidney or tumor voxel (all labels 0); nothing to convert")
 
 
-def read_case(case_dir: Path) -> CaseVolumes:
-    """Read and check `case_dir/imaging.nii.gz` and `case_dir/segmentation.nii.gz`.
+def read_case(case_dir: Path, non_finite: str = "refuse") -> CaseVolumes:
+    """Read and check `case_dir/imaging.nii.gz` and `case_dir/segmentation.nii.gz` through the one image reader
+    (:mod:`nnunet_qpg.image_reading`).
 
-    Raises BadCaseError for missing, corrupt or non-3D files, mismatched grids, unknown labels, or no kidney.
+    Raises BadCaseError for missing, corrupt, truncated (.nii and .nii.gz) or non-3D files, NaN or infinite CT
+    values (unless `non_finite` is "replace"), mismatched grids, unknown labels, or no kidney.
     """
     case_id = case_dir.name
-    image_path, labels_path = case_dir / "imaging.nii.gz", case_dir / "segmentation.nii.gz"
+    image_path, labels_path = case_file(case_dir, "imaging"), case_file(case_dir, "segmentation")
     image_header = _read_header(case_id, image_path)
     labels_header = _read_header(case_id, labels_path)
     _check_same_geometry(case_id, image_header, labels_header, labels_path)
@@ -145,14 +170,14 @@ def read_case(case_dir: Path) -> CaseVolumes:
     # numpy axis j of GetArrayViewFromImage is sitk index axis 2 - j
     numpy_order = tuple(2 - axis for axis in axes_zyx)
 
-    labels_image = _read_pixels(case_id, labels_path)
+    labels_image = _read_labels(case_id, labels_path)
     labels_zyx = np.transpose(sitk.GetArrayViewFromImage(labels_image), numpy_order)
     _check_labels(case_id, labels_zyx, labels_path)
     labelled_slices = slices_with_labels(labels_zyx)
     labelled_labels = np.ascontiguousarray(labels_zyx[labelled_slices])
     del labels_zyx, labels_image  # free the label volume before the (larger) image is read
 
-    image = _read_pixels(case_id, image_path)
+    image = _read_pixels(case_id, image_path, non_finite)
     spacing = image_header.GetSpacing()
     return CaseVolumes(
         case_id=case_id,

@@ -2,34 +2,85 @@
 
 Layout of `Dataset{ID}_{Name}/`:
   imagesTr/ labelsTr/ imagesTs/ labelsTs/   nnU-Net's folders (2D NIfTI, `{id}_0000.nii.gz` and `{id}.nii.gz`)
-  dataset.json, manifest.json, splits_final.json   written at the end of every run from the case records
+  dataset.json, manifest.json, splits_final.json   written from the case records once every case of a run is
+                                             done; removed while a run changes the dataset, so a dataset.json is
+                                             only ever seen beside a complete set of images
   .cases/{case}.json                         a case's record: settings and manifest rows; written LAST, so it
                                              doubles as the "case finished" marker
-  .staging/                                  a case's files before they are moved into place (removed after)
+  .{case}.staging-XXXX/                      a case's files before they are moved into place (removed after)
 
 A case counts as done only when its record exists, was made with the same settings, and all its files exist;
-anything else about the case is deleted and redone. Files are written under temporary names in the same
+anything else about the case is deleted and redone. Files are staged under temporary names in the same
 file system and moved with os.replace, so a crash never leaves a half-written NIfTI under a final name.
+
+What is deleted is only what this converter wrote: the files named in a case's record, and files whose names
+follow the converter's own exact patterns (`case_00000_0012_0000.nii.gz`, `case_00000_0012_1.nii.gz`, ...).
+Other files in the dataset's folders (`case_00000_notes.txt`, files of a folder `imagesTr` links to) are never
+touched, and no file is written or deleted through a symbolic link at its own name (:mod:`nnunet_qpg.safe_io`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_qpg.safe_io import write_json_atomically
+from nnunet_qpg.safe_io import (
+    UnsafeOutputError,
+    copy_file_atomically,
+    file_mode,
+    make_output_folder,
+    refuse_link,
+    remove_file,
+    staging_folder,
+    write_json_atomically,
+)
 
 SPLIT_FOLDERS = {"train": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
 RECORDS_FOLDER = ".cases"
-STAGING_FOLDER = ".staging"
+DATASET_FILES = ("dataset.json", "manifest.json", "splits_final.json")
 SPLITS_SEED = 12345  # nnU-Net's own seed for its default 5-fold split
+
+# The exact names this converter gives its files: image id = case, slice (4+ digits), tumor region (1, 2, ...)
+_IMAGE_ID = r"(case_\d{5})_\d{4,}(?:_[1-9]\d*)?"
+IMAGE_NAME = re.compile(rf"^{_IMAGE_ID}_0000\.nii\.gz$")
+MASK_NAME = re.compile(rf"^{_IMAGE_ID}\.nii\.gz$")
+# temporaries of safe_io.atomic_path (".{final name}.{random}.tmp") of such files, left by a hard kill
+TEMPORARY_NAME = re.compile(rf"^\.{_IMAGE_ID}(?:_0000)?\.nii\.gz\.[^./]+\.tmp$")
+RECORD_NAME = re.compile(r"^(case_\d{5})\.json$")
+# staging folders (current and of earlier versions) and nnU-Net scratch folders of earlier versions
+STAGING_NAME = re.compile(r"^(?:\.staging|\.case_\d{5}\.staging-[^/]+|\.dataset-json-[^/]+)$")
+
+
+class OutputWriteError(Exception):
+    """Writing into the dataset failed (read-only folder, disk full, a link in the way): a problem of the output,
+    not of the case being converted, so the run stops instead of skipping case after case."""
+
+    def __init__(self, folder: Path | str, detail: str):
+        self.folder = str(folder)
+        self.detail = detail
+        super().__init__(f"cannot write into {folder}: {detail}")
+
+
+@contextlib.contextmanager
+def writing_into(folder: Path) -> Iterator[None]:
+    """Turn the errors of writing into `folder` into OutputWriteError naming the folder."""
+    try:
+        yield
+    except UnsafeOutputError as error:
+        raise OutputWriteError(folder, str(error)) from None
+    except OSError as error:  # name the folder of the file that failed (for a move: where it was going)
+        failed = error.filename2 or error.filename
+        where = Path(os.fsdecode(failed)).parent if isinstance(failed, (str, bytes, os.PathLike)) else folder
+        raise OutputWriteError(where, error.strerror or str(error)) from None
 
 
 class RawDataset:
@@ -38,16 +89,91 @@ class RawDataset:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
+    # -- folders and state ------------------------------------------------------------------------------------
+
+    def folders(self) -> list[Path]:
+        """Every folder the converter writes into, the dataset folder first."""
+        inner = [name for pair in SPLIT_FOLDERS.values() for name in pair] + [RECORDS_FOLDER]
+        return [self.folder] + [self.folder / name for name in inner]
+
+    def is_foreign(self) -> bool:
+        """True for another tool's dataset of the same name, which the converter must neither fill nor clean: no
+        `.cases/` folder, but a dataset.json or images named like the converter's. (An empty folder, or one that
+        only holds a linked imagesTr with other files, is fine.)"""
+        if not self.folder.is_dir() or (self.folder / RECORDS_FOLDER).is_dir():
+            return False
+        return (self.folder / "dataset.json").exists() or bool(self.unrecorded_files())
+
+    def unrecorded_files(self) -> list[Path]:
+        """Files with the converter's own names whose case has no record: left by a case that was killed while
+        its files were moved into place and that is no longer in the input, or not the converter's at all.
+        They are reported, never deleted unasked (a case that is converted again replaces its own)."""
+        recorded = {path.stem for path in self._record_paths()}
+        return self._matching(lambda case: case not in recorded)
+
+    def existing_settings(self) -> list[tuple[dict, list[str]]]:
+        """The distinct conversion settings found in the dataset, each with the cases made with it.
+
+        From the case records, and from dataset.json's "conversion" entry (so deleting `.cases/` does not hide
+        what the images were made with).
+        """
+        found: list[tuple[dict, list[str]]] = []
+
+        def add(settings: dict, case: str) -> None:
+            for known, cases in found:
+                if known == settings:
+                    cases.append(case)
+                    return
+            found.append((settings, [case]))
+
+        for record in self.records():
+            add(record.get("settings", {}), record.get("case", "?"))
+        try:
+            conversion = json.loads((self.folder / "dataset.json").read_text()).get("conversion")
+        except (OSError, ValueError, AttributeError):
+            conversion = None
+        if isinstance(conversion, dict):
+            settings = {key: value for key, value in conversion.items() if key not in ("task", "source")}
+            if not any(known == settings for known, _ in found):
+                found.append((settings, ["dataset.json"]))
+        return found
+
     def prepare(self) -> None:
-        """Create the folders; drop staging leftovers of a run that was killed hard."""
-        for images, labels in SPLIT_FOLDERS.values():
-            (self.folder / images).mkdir(parents=True, exist_ok=True)
-            (self.folder / labels).mkdir(parents=True, exist_ok=True)
-        (self.folder / RECORDS_FOLDER).mkdir(exist_ok=True)
-        shutil.rmtree(self.folder / STAGING_FOLDER, ignore_errors=True)
+        """Create the folders (each checked for writing: UnsafeOutputError naming it otherwise), and drop what a
+        run killed hard left behind: staging folders and temporary records."""
+        for folder in self.folders():
+            make_output_folder(folder, "dataset folder")
+        for entry in self._entries(self.folder):
+            if STAGING_NAME.match(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        for entry in self._entries(self.folder / RECORDS_FOLDER):
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                remove_file(entry.path)
+
+    def clear(self) -> None:
+        """Delete every converted file, record and dataset file of this converter (for --rebuild); files of
+        other names stay."""
+        for path in self._record_paths():
+            self.remove_case(path.stem)
+        for path in self._matching(lambda case: True):
+            remove_file(path)
+        self.remove_dataset_files()
+
+    def remove_dataset_files(self) -> None:
+        """dataset.json, manifest.json and splits_final.json: derived from the records, rewritten at the end of a
+        run; removed while the run changes the dataset so they never describe half of it."""
+        for name in DATASET_FILES:
+            remove_file(self.folder / name)
+
+    # -- cases ------------------------------------------------------------------------------------------------
 
     def _record_path(self, case_id: str) -> Path:
         return self.folder / RECORDS_FOLDER / f"{case_id}.json"
+
+    def _record_paths(self) -> list[Path]:
+        return sorted(
+            Path(entry.path) for entry in self._entries(self.folder / RECORDS_FOLDER) if RECORD_NAME.match(entry.name)
+        )
 
     def image_path(self, split: str, image_id: str) -> Path:
         return self.folder / SPLIT_FOLDERS[split][0] / f"{image_id}_0000.nii.gz"
@@ -55,41 +181,79 @@ class RawDataset:
     def mask_path(self, split: str, image_id: str) -> Path:
         return self.folder / SPLIT_FOLDERS[split][1] / f"{image_id}.nii.gz"
 
-    def is_done(self, case_id: str, settings: dict) -> bool:
-        """True when the case's record exists, matches `settings`, and every file it lists exists."""
+    def _read_record(self, case_id: str) -> dict | None:
         try:
             record = json.loads(self._record_path(case_id).read_text())
         except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def is_done(self, case_id: str, settings: dict) -> bool:
+        """True when the case's record exists, matches `settings`, and every file it lists exists."""
+        record = self._read_record(case_id)
+        if record is None or record.get("settings") != settings:
             return False
-        if record.get("settings") != settings:
+        try:
+            return all(
+                self.image_path(row["split"], row["image_id"]).is_file()
+                and self.mask_path(row["split"], row["image_id"]).is_file()
+                for row in record.get("images", [])
+            )
+        except (KeyError, TypeError):  # a damaged record: the case is redone
             return False
-        return all(
-            self.image_path(row["split"], row["image_id"]).is_file()
-            and self.mask_path(row["split"], row["image_id"]).is_file()
-            for row in record.get("images", [])
-        )
 
     def remove_case(self, case_id: str) -> None:
-        """Delete the record and every image or mask of `case_id` (all names start with `{case_id}_`)."""
-        self._record_path(case_id).unlink(missing_ok=True)
-        for folders in SPLIT_FOLDERS.values():
-            for folder in folders:
-                for path in (self.folder / folder).glob(f"{case_id}_*"):
-                    path.unlink(missing_ok=True)
+        """Delete the record and every image or mask of `case_id`: the files its record names, and files with the
+        converter's own names for this case (left by a case that was killed before its record was written).
+
+        Raises UnsafeOutputError (from safe_io) for a symbolic link under one of those names.
+        """
+        record = self._read_record(case_id) or {}
+        for row in record.get("images", []):
+            if isinstance(row, dict) and row.get("split") in SPLIT_FOLDERS and isinstance(row.get("image_id"), str):
+                if MASK_NAME.match(f"{row['image_id']}.nii.gz"):  # a damaged record never names other files
+                    remove_file(self.image_path(row["split"], row["image_id"]))
+                    remove_file(self.mask_path(row["split"], row["image_id"]))
+        for path in self._matching(lambda case: case == case_id):
+            remove_file(path)
+        remove_file(self._record_path(case_id))
+
+    def _matching(self, of_case) -> list[Path]:
+        """Files with the converter's own exact names (and their temporaries) whose case satisfies
+        `of_case(case_id)`; nothing else in the folders ever matches."""
+        found = []
+        for images, labels in SPLIT_FOLDERS.values():
+            for folder, pattern in ((images, IMAGE_NAME), (labels, MASK_NAME)):
+                for entry in self._entries(self.folder / folder):
+                    match = pattern.match(entry.name) or TEMPORARY_NAME.match(entry.name)
+                    if match and of_case(match.group(1)):
+                        found.append(Path(entry.path))
+        return sorted(found)
+
+    @staticmethod
+    def _entries(folder: Path) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder) as entries:
+                return list(entries)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as error:  # e.g. no read permission: the dataset's state cannot be known, so nothing is done
+            raise UnsafeOutputError(f"cannot read {folder}: {error.strerror or error}; fix its permissions") from None
 
     def open_case(self, case_id: str) -> "CaseWriter":
         return CaseWriter(self, case_id)
 
     def records(self) -> list[dict]:
-        """All finished cases' records, sorted by case id."""
-        paths = sorted((self.folder / RECORDS_FOLDER).glob("*.json"))
-        return [json.loads(path.read_text()) for path in paths]
+        """All finished cases' records, sorted by case id (unreadable records count as unfinished)."""
+        records = [self._read_record(path.stem) for path in self._record_paths()]
+        return [record for record in records if record is not None]
 
 
 class CaseWriter:
     """Context manager: stage a case's images, then move them into place and write its record last.
 
-    On any exception (KeyboardInterrupt included) everything of the case is removed again.
+    On any exception (KeyboardInterrupt included) everything of the case is removed again. Errors of writing
+    come out as OutputWriteError naming the folder.
     """
 
     def __init__(self, dataset: RawDataset, case_id: str):
@@ -99,10 +263,10 @@ class CaseWriter:
         self._staged: list[tuple[Path, Path]] = []
 
     def __enter__(self) -> "CaseWriter":
-        self.dataset.remove_case(self.case_id)
-        staging_root = self.dataset.folder / STAGING_FOLDER
-        staging_root.mkdir(exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f"{self.case_id}-", dir=staging_root))
+        with writing_into(self.dataset.folder):
+            self.dataset.remove_case(self.case_id)
+            self._stage = staging_folder(self.dataset.folder / self.case_id)
+            self.staging = self._stage.__enter__()
         return self
 
     def add(self, split: str, image_id: str, image: np.ndarray, mask: np.ndarray, row: dict) -> None:
@@ -114,20 +278,37 @@ class CaseWriter:
             staged_path = self.staging / final_path.name
             picture = sitk.GetImageFromArray(array)
             picture.SetSpacing((1.0, 1.0))
-            sitk.WriteImage(picture, str(staged_path), useCompression=True)
+            with writing_into(self.staging):
+                try:
+                    sitk.WriteImage(picture, str(staged_path), useCompression=True)
+                except RuntimeError as error:  # ITK reports a full disk or a lost folder as a RuntimeError
+                    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                    raise OutputWriteError(self.staging, lines[-1] if lines else "the image could not be written")
+                os.chmod(staged_path, file_mode())  # the user's umask, whatever ITK's writer did
             self._staged.append((staged_path, final_path))
         self.rows.append({"image_id": image_id, "split": split, **row})
 
     def commit(self, settings: dict, case_info: dict) -> None:
         for staged_path, final_path in self._staged:
-            os.replace(staged_path, final_path)
+            with writing_into(final_path.parent):
+                refuse_link(final_path)
+                try:
+                    os.replace(staged_path, final_path)
+                except OSError as error:
+                    if error.errno != errno.EXDEV:  # a linked imagesTr on another file system: copy instead
+                        raise
+                    copy_file_atomically(staged_path, final_path)
         record = {"case": self.case_id, **case_info, "settings": settings, "images": self.rows}
-        write_json_atomically(self.dataset._record_path(self.case_id), record)
+        with writing_into(self.dataset.folder / RECORDS_FOLDER):
+            write_json_atomically(self.dataset._record_path(self.case_id), record)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        self._stage.__exit__(None, None, None)
         if exc_type is not None:
-            self.dataset.remove_case(self.case_id)
+            # the original error is what the user must see; a cleanup that fails too (read-only folder) is the
+            # same problem, and the next run's `prepare` removes what is left
+            with contextlib.suppress(OSError, UnsafeOutputError):
+                self.dataset.remove_case(self.case_id)
 
 
 def grouped_folds(case_images: dict[str, list[str]], num_folds: int = 5) -> list[dict[str, list[str]]]:

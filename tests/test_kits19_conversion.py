@@ -47,10 +47,12 @@ def expected_samples(labels: np.ndarray) -> tuple[list[int], list[tuple[int, tup
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """Synthetic cases converted once with both tasks and two worker processes; nnUNet_preprocessed set."""
+    """Synthetic cases converted once with both tasks and two worker processes into $nnUNet_raw (so the split
+    also goes to $nnUNet_preprocessed)."""
     root = tmp_path_factory.mktemp("kits19")
     make_synthetic_kits19(root / "kits19", TRAIN_CASES + TEST_CASES + UNUSED_CASES, seed=11, shape=SHAPE)
     with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("nnUNet_raw", str(root / "raw"))
         patch.setenv("nnUNet_preprocessed", str(root / "preprocessed"))
         assert convert(root / "kits19", root / "raw", "--task", "both", "--workers", "2") == 0
     return root
@@ -197,22 +199,27 @@ def test_rerun_skips_finished_cases_and_redoes_damaged_ones(tmp_path, capsys):
     assert "0 case(s) to convert, 3 already done" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in images.iterdir()} == before
 
-    # damage: a deleted image of case 1; case 2 looks interrupted (no record, a stray file, staging leftovers)
+    # damage: a deleted image of case 1; case 2 looks interrupted (no record, a stray file, staging leftovers of
+    # this version and of earlier ones)
     deleted = sorted(images.glob("case_00001_*"))[0]
     deleted.unlink()
     (raw / KIDNEY / ".cases" / "case_00002.json").unlink()
     stray = images / "case_00002_9999_0000.nii.gz"
     stray.write_bytes(b"half")
+    (raw / KIDNEY / ".case_00002.staging-x").mkdir()
     (raw / KIDNEY / ".staging" / "case_00002-x").mkdir(parents=True)
     assert convert(kits19, raw, "--workers", "1") == 0
     assert "2 case(s) to convert, 1 already done" in capsys.readouterr().err
     after = {p.name: p.stat().st_mtime_ns for p in images.iterdir()}
     assert after.keys() == before.keys() and deleted.exists() and not stray.exists()
     assert all(after[name] == before[name] for name in before if name.startswith("case_00000_"))
-    assert not (raw / KIDNEY / ".staging").exists() or not any((raw / KIDNEY / ".staging").iterdir())
+    assert not [p.name for p in (raw / KIDNEY).iterdir() if "staging" in p.name]
 
-    # other settings: every case is redone
-    assert convert(kits19, raw, "--workers", "1", "--preset", "kits") == 0
+    # other settings: refused while the dataset holds cases of the earlier ones; --rebuild redoes every case
+    assert convert(kits19, raw, "--workers", "1", "--preset", "kits") == 2
+    assert "preset kits here, paper in the existing" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in images.iterdir()} == after
+    assert convert(kits19, raw, "--workers", "1", "--preset", "kits", "--rebuild") == 0
     assert "3 case(s) to convert" in capsys.readouterr().err
     assert json.loads((raw / KIDNEY / "dataset.json").read_text())["conversion"]["window"] == [-79.0, 304.0]
 
@@ -257,7 +264,8 @@ def test_bad_cases_are_reported_and_skipped_and_strict_stops(tmp_path, capsys):
     kits19, raw = tmp_path / "kits19", tmp_path / "raw"
     make_synthetic_kits19(kits19, range(8), seed=6, shape=(10, 40, 40))
     problems = break_cases(kits19)
-    assert convert(kits19, raw, "--task", "both", "--workers", "1") == 0
+    assert convert(kits19, raw, "--task", "both", "--workers", "1") == 1  # some cases bad: exit 1, dataset written
+    assert (raw / KIDNEY / "dataset.json").is_file()
     report = capsys.readouterr().out
     assert "6 bad case(s) skipped" in report
     for case, words in problems.items():
@@ -270,7 +278,8 @@ def test_bad_cases_are_reported_and_skipped_and_strict_stops(tmp_path, capsys):
     shutil.rmtree(raw)
     assert convert(kits19, raw, "--workers", "1", "--strict") == 1
     assert "stopped at the first bad case" in capsys.readouterr().err
-    assert {p.name[:10] for p in (raw / KIDNEY).glob("*/*.nii.gz")} == {"case_00000"}
+    assert {p.name[:10] for p in (raw / KIDNEY).glob("*/*.nii.gz")} == {"case_00000"}  # finished cases are kept
+    assert not (raw / KIDNEY / "dataset.json").exists()  # but the dataset is not complete
 
 
 def test_output_folder_is_required(tmp_path, monkeypatch, capsys):

@@ -119,7 +119,9 @@ class Demo:
         settings = {"size": self.args.size, "epochs": self.args.epochs, "iterations": self.args.iterations}
         record = self.work / "demo_settings.json"
         if record.is_file() and json.loads(record.read_text()) != settings:
-            for stale in ("nnUNet_preprocessed", "nnUNet_results", "predictions", "evaluation", "figures"):
+            # nnUNet_raw too: convert-kits19 refuses to mix images of another --size into an existing dataset
+            for stale in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "evaluation",
+                          "figures"):
                 shutil.rmtree(self.work / stale, ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(settings))
