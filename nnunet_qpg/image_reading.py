@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-from nnunet_qpg.nifti_check import count_non_finite, float_voxels, truncation_problem
+from nnunet_qpg.nifti_check import count_non_finite, locate_non_finite, truncation_problem
 
 __all__ = ["NON_FINITE_CHOICES", "UnreadableImageError", "read_image", "read_image_header"]
 
@@ -78,11 +77,11 @@ def read_image(path: Path | str, dimension: int | None = None, non_finite: str =
     path = Path(path)
     read_image_header(path, dimension)
     try:
-        image = sitk.ReadImage(str(path))
+        # handed straight on: the replace path drops the image once it has its pixels (two copies at most)
+        return _checked_finite(path, sitk.ReadImage(str(path)), non_finite)
     except RuntimeError as error:
         raise UnreadableImageError(path, f"is corrupt (its voxels cannot be decoded): {_last_line(error)}; "
                                          f"re-export or copy the file again") from None
-    return _checked_finite(path, image, non_finite)
 
 
 def _checked_finite(path: Path, image: sitk.Image, non_finite: str) -> sitk.Image:
@@ -98,14 +97,14 @@ def _checked_finite(path: Path, image: sitk.Image, non_finite: str) -> sitk.Imag
         fix = ("" if everything else
                " or pass --non-finite replace to set NaN and -inf to the lowest finite value and +inf to the highest")
         raise UnreadableImageError(path, f"{what} NaN or infinite; fix the file{fix}")
+    bad_voxels = locate_non_finite(path)  # positions only: the raw volume is streamed, not held
     voxels = sitk.GetArrayFromImage(image)
-    raw = float_voxels(path)
-    finite = np.isfinite(raw)
-    if voxels.shape != raw.shape:  # e.g. a 4D file with a singleton axis: ITK dropped it
-        raw, finite = raw.reshape(voxels.shape), finite.reshape(voxels.shape)
-    low, high = float(voxels[finite].min()), float(voxels[finite].max())
-    voxels[np.isnan(raw) | np.isneginf(raw)] = low
-    voxels[np.isposinf(raw)] = high
+    spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    del image  # at most two copies of the volume at once: the array and the image made from it
+    voxels.flat[bad_voxels.low_indices] = bad_voxels.finite_min
+    voxels.flat[bad_voxels.high_indices] = bad_voxels.finite_max
     fixed = sitk.GetImageFromArray(voxels)
-    fixed.CopyInformation(image)
+    fixed.SetSpacing(spacing)
+    fixed.SetOrigin(origin)
+    fixed.SetDirection(direction)
     return fixed

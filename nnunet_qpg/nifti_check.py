@@ -7,7 +7,7 @@ vox_offset plus the voxel data; a truncated file ends in compressed bytes instea
 2**-32. Only the first few hundred bytes are decompressed, so the check costs nothing on a 1 GB volume.
 
 ITK's NIfTI reader also replaces NaN by 0 without a word, so non-finite voxels can only be seen in the file's raw
-voxel stream: :func:`float_voxels` reads it for floating-point files (integer CT cannot hold NaN).
+voxel stream: :func:`count_non_finite` and :func:`locate_non_finite` stream it for floating-point files (integer CT cannot hold NaN).
 Limitation: a multi-member gzip (concatenated streams; nibabel and ITK never write those) would be flagged too.
 """
 
@@ -17,6 +17,7 @@ import gzip
 import struct
 import zlib
 from math import prod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,43 +73,57 @@ def _float_layout(header: bytes) -> tuple[str, int, tuple[int, ...]] | None:
 CHUNK_BYTES = 1 << 24
 
 
-def count_non_finite(path: Path | str) -> int:
-    """How many voxels of a floating-point NIfTI file are NaN or infinite (0 for integer files), read from the
-    raw stream in chunks of 16 MiB, so a large CT is never held twice."""
-    path = Path(path)
+def _float_chunks(path: Path):
+    """(flat offset, values) chunks of a float NIfTI's raw voxels, 16 MiB at a time; nothing for integer files."""
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rb") as stream:
         layout = _float_layout(stream.read(NIFTI2_HEADER_BYTES))
         if layout is None:
-            return 0
+            return
         dtype, voxel_offset, shape = layout
         stream.seek(voxel_offset)
         item = np.dtype(dtype).itemsize
-        remaining, bad = prod(shape) * item, 0
+        remaining, offset = prod(shape) * item, 0
         while remaining > 0:
             chunk = stream.read(min(CHUNK_BYTES - CHUNK_BYTES % item, remaining))
             if not chunk:
-                break
+                return
             values = np.frombuffer(chunk[: len(chunk) - len(chunk) % item], dtype=dtype)
-            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            yield offset, values
+            offset += values.size
             remaining -= len(chunk)
-    return bad
 
 
-def float_voxels(path: Path | str) -> np.ndarray | None:
-    """The raw voxel values of a floating-point NIfTI file (.nii or .nii.gz) in GetArrayFromImage's axis order,
-    NaN and inf as stored (before any scaling); None for integer files."""
-    path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as stream:
-        header = stream.read(NIFTI2_HEADER_BYTES)
-        layout = _float_layout(header)
-        if layout is None:
-            return None
-        dtype, voxel_offset, shape = layout
-        stream.seek(voxel_offset)
-        data = stream.read(prod(shape) * np.dtype(dtype).itemsize)
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+def count_non_finite(path: Path | str) -> int:
+    """How many voxels of a floating-point NIfTI file are NaN or infinite (0 for integer files), read from the
+    raw stream in chunks, so a large CT is never held twice."""
+    return sum(int(values.size - np.count_nonzero(np.isfinite(values))) for _, values in _float_chunks(Path(path)))
+
+
+@dataclass
+class NonFiniteVoxels:
+    """Where a float NIfTI's NaN / -inf / +inf voxels are (flat indices in C order) and its finite range."""
+
+    low_indices: np.ndarray  # NaN and -inf
+    high_indices: np.ndarray  # +inf
+    finite_min: float | None
+    finite_max: float | None
+
+
+def locate_non_finite(path: Path | str) -> NonFiniteVoxels:
+    """One streamed pass over the raw voxels (see :func:`count_non_finite`) that keeps only the bad positions."""
+    low, high, minimum, maximum = [], [], None, None
+    for offset, values in _float_chunks(Path(path)):
+        finite = np.isfinite(values)
+        low.append(offset + np.flatnonzero(np.isnan(values) | np.isneginf(values)))
+        high.append(offset + np.flatnonzero(np.isposinf(values)))
+        if finite.any():
+            kept = values[finite]
+            minimum = float(kept.min()) if minimum is None else min(minimum, float(kept.min()))
+            maximum = float(kept.max()) if maximum is None else max(maximum, float(kept.max()))
+    empty = np.zeros(0, dtype=np.int64)
+    return NonFiniteVoxels(np.concatenate(low) if low else empty, np.concatenate(high) if high else empty,
+                           minimum, maximum)
 
 
 def _uncompressed_problem(path: Path) -> str | None:
