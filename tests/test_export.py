@@ -19,18 +19,21 @@ from nnunet_helpers import run_command
 
 pytestmark = pytest.mark.slow
 
+EXPORTED_TRAINER = f"{TINY_TRAINER}_baked"  # the export's `-tr` name; its checkpoints name the stock nnUNetTrainer
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = trained_qpg_model(shared_root(tmp_path_factory))
     out = tmp_path_factory.mktemp("exported_results")
-    run_command([nnunet_qpg_command(), "export", str(model.model_folder), str(out)], model.env)
+    done = run_command([nnunet_qpg_command(), "export", str(model.model_folder), str(out)], model.env)
+    assert f"-tr {EXPORTED_TRAINER} " in done.stdout  # the next command the user is shown
     return model, out
 
 
 def test_exported_checkpoint_is_a_plain_nnunet_checkpoint(exported):
     model, out = exported
-    folder = out / DATASET / "nnUNetTrainer__nnUNetPlans__2d"
+    folder = out / DATASET / f"{EXPORTED_TRAINER}__nnUNetPlans__2d"
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json", "fold_0/checkpoint_final.pth"):
         assert (folder / name).is_file(), name
     checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -50,7 +53,7 @@ def test_stock_nnunet_predicts_the_same_masks_without_nnunet_qpg(exported, tmp_p
                  "-tr", TINY_TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], model.env)
     stock_env = without_nnunet_qpg({**model.env, "nnUNet_results": str(out)}, tmp_path / "blocked")
     run_command(["nnUNetv2_predict", "-i", str(images), "-o", str(plain_masks), "-d", str(DATASET_ID), "-c", "2d",
-                 "-tr", "nnUNetTrainer", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], stock_env)
+                 "-tr", EXPORTED_TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], stock_env)
     predicted = sorted(p.name for p in qpg_masks.glob("*.nii.gz"))
     assert predicted and predicted == sorted(p.name for p in plain_masks.glob("*.nii.gz"))
     for name in predicted:
@@ -59,5 +62,5 @@ def test_stock_nnunet_predicts_the_same_masks_without_nnunet_qpg(exported, tmp_p
 
     # and it fits nnU-Net's model sharing
     run_command(["nnUNetv2_export_model_to_zip", "-d", str(DATASET_ID), "-o", str(tmp_path / "model.zip"),
-                 "-c", "2d", "-tr", "nnUNetTrainer", "-f", "0"], stock_env)
+                 "-c", "2d", "-tr", EXPORTED_TRAINER, "-f", "0"], stock_env)
     assert (tmp_path / "model.zip").stat().st_size > 0
