@@ -8,15 +8,60 @@
   mean and standard deviation over images (Eqs. 10-11);
 - test IoU / DSC: an `nnunet-qpg evaluate` JSON given for the model;
 - trainable parameters: `trainable_parameters` of qpg_settings.json (after freezing and swapping).
+
+Every file is checked as it is read: a folder that is not a trained model folder, a qpg_settings.json or
+summary.json that is not valid JSON of the expected shape, and a --test file that is not an evaluate JSON each
+raise :class:`ReportError` naming the file and the fix, instead of a row of dashes or a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nnunet_qpg.metrics import mean_and_std, scores_from_counts
+
+MODEL_FOLDER_HINT = ("a trained model folder is $nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION and "
+                     "holds fold_X/ folders with checkpoint_final.pth (or checkpoint_latest.pth / checkpoint_best.pth),"
+                     " validation/summary.json and, for the nnunet-qpg trainers, qpg_settings.json")
+
+
+class ReportError(Exception):
+    """A model folder or a file in it (or a --test file) that cannot be reported; the message names it."""
+
+
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    """JSON content of ``path``; NaN / Infinity (which older files may hold) become None."""
+    try:
+        return json.loads(path.read_text(), parse_constant=lambda _: None)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise ReportError(f"{path} cannot be read as {what} ({reason}); {fix}") from None
+
+
+def model_folder_problem(model_folder: Path) -> str | None:
+    """Why ``model_folder`` is not a trained nnU-Net model folder, or None."""
+    if not model_folder.exists():
+        return "does not exist"
+    if not model_folder.is_dir():
+        return "is a file, not a model folder"
+    folds = [fold for fold in sorted(model_folder.glob("fold_*")) if fold.is_dir()]
+    if not folds:
+        return "holds no fold_X/ folder"
+    if not any(any(fold.glob("checkpoint_*.pth")) or (fold / "validation" / "summary.json").is_file()
+               or (fold / "qpg_settings.json").is_file() for fold in folds):
+        return "holds fold_X/ folders without checkpoints, validation results or qpg_settings.json"
+    return None
+
+
+def check_model_folder(model_folder: Path) -> None:
+    """Raise ReportError unless ``model_folder`` holds what a row is made from."""
+    problem = model_folder_problem(model_folder)
+    if problem:
+        raise ReportError(f"{model_folder} {problem}; {MODEL_FOLDER_HINT}")
 
 
 @dataclass
@@ -29,10 +74,42 @@ class ModelRow:
     test: dict | None
 
 
+_SETTINGS_FIX = ("it is written by the nnunet-qpg trainers when training starts; resume the fold with "
+                 "`nnUNetv2_train ... --c` to write it again, or restore it from a backup")
+
+
 def _settings(model_folder: Path) -> dict | None:
     for path in sorted(model_folder.glob("fold_*/qpg_settings.json")):
-        return json.loads(path.read_text())
+        settings = _read_json(path, "the trainer's qpg_settings.json", _SETTINGS_FIX)
+        if not isinstance(settings, dict) or not isinstance(settings.get("trainer"), str):
+            raise ReportError(f"{path} is not a qpg_settings.json written by an nnunet-qpg trainer (no trainer "
+                              f"name); {_SETTINGS_FIX}")
+        for key in ("qpg", "trainable_parameters"):
+            if key in settings and settings[key] is not None and not isinstance(
+                    settings[key], dict if key == "qpg" else int):
+                raise ReportError(f"{path}: {key!r} is {settings[key]!r}, not what the trainers write; {_SETTINGS_FIX}")
+        return settings
     return None
+
+
+_SUMMARY_KEYS = ("iou_mean", "iou_std", "dsc_mean", "dsc_std")
+
+
+def read_test_summary(path: Path) -> dict:
+    """The ``summary`` of an `nnunet-qpg evaluate` JSON (ReportError naming the file if it is not one)."""
+    fix = "give the JSON that `nnunet-qpg evaluate PREDICTIONS GROUND_TRUTH -o FILE` wrote for this model"
+    content = _read_json(path, "an `nnunet-qpg evaluate` JSON", fix)
+    summary = content.get("summary") if isinstance(content, dict) else None
+    if not isinstance(summary, dict):
+        raise ReportError(f"{path} is not an `nnunet-qpg evaluate` JSON (no 'summary' object); {fix}")
+    for key in _SUMMARY_KEYS:
+        value = summary.get(key)
+        if key not in summary or not (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                        and math.isfinite(value))):
+            raise ReportError(f"{path} is not an `nnunet-qpg evaluate` JSON ('summary' has no number {key!r}); {fix}")
+    if not isinstance(summary.get("images"), int):
+        raise ReportError(f"{path} is not an `nnunet-qpg evaluate` JSON ('summary' has no image count); {fix}")
+    return summary
 
 
 def strategy_of(settings: dict | None) -> str:
@@ -50,14 +127,20 @@ def strategy_of(settings: dict | None) -> str:
 def cross_validation_scores(model_folder: Path, label: str = "1") -> dict | None:
     """Per-image IoU/DSC over every fold's validation images (nnU-Net's summary.json counts), or None."""
     ious, dscs = [], []
+    fix = "nnUNetv2_train writes it when a fold's validation ends; run `nnUNetv2_train ... --val` to write it again"
     for summary in sorted(model_folder.glob("fold_*/validation/summary.json")):
-        for case in json.loads(summary.read_text()).get("metric_per_case", []):
-            counts = case["metrics"].get(label) or case["metrics"].get(int(label) if label.isdigit() else label)
-            if counts is None:
-                continue
-            scores = scores_from_counts(counts["TP"], counts["FP"], counts["FN"])
-            ious.append(scores.iou)
-            dscs.append(scores.dsc)
+        content = _read_json(summary, "nnU-Net's validation summary.json", fix)
+        try:
+            for case in content.get("metric_per_case", []):
+                counts = case["metrics"].get(label) or case["metrics"].get(int(label) if label.isdigit() else label)
+                if counts is None:
+                    continue
+                scores = scores_from_counts(float(counts["TP"]), float(counts["FP"]), float(counts["FN"]))
+                ious.append(scores.iou)
+                dscs.append(scores.dsc)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ReportError(f"{summary} is not nnU-Net's validation summary.json (per-case TP/FP/FN counts "
+                              f"missing); {fix}") from None
     if not ious:
         return None
     iou_mean, iou_std = mean_and_std(ious)
@@ -66,9 +149,11 @@ def cross_validation_scores(model_folder: Path, label: str = "1") -> dict | None
 
 
 def model_row(model_folder: Path, test_metrics: Path | None = None, name: str | None = None) -> ModelRow:
+    """One Table 1 row; ReportError (naming the file) for a folder or file that is not what it should be."""
+    check_model_folder(model_folder)
     settings = _settings(model_folder)
     trainer = settings["trainer"] if settings else model_folder.name.split("__")[0]
-    test = json.loads(test_metrics.read_text())["summary"] if test_metrics else None
+    test = read_test_summary(test_metrics) if test_metrics else None
     return ModelRow(
         name=name or trainer,
         trainer=trainer,

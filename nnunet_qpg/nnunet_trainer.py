@@ -22,7 +22,10 @@ network that already holds ``theta`` / ``lora_A`` keys fails that assertion. So 
 * ``initialize()`` builds the PLAIN nnU-Net network (nnU-Net then compiles it, builds the optimizer and wraps DDP
   as usual) and checks the QPG settings against it, so a wrong pattern or strategy stops here, before anything
   is trained, with a message naming the pattern and listing the layers;
-* ``load_pretrained_weights`` then fills the plain network, exactly as for a stock trainer;
+* ``load_pretrained_weights`` then fills the plain network, exactly as for a stock trainer. ``initialize()``
+  first checks the ``-pretrained_weights`` file (:func:`check_pretrained_weights`): read as data only, and every
+  key and shape nnU-Net will assert present, so a mismatch names keys and shapes (nnU-Net's own assertion prints
+  the network's whole tensor) and a checkpoint that needs pickled code never reaches nnU-Net's unpickling;
 * the swap runs once, on the unwrapped module, at ``on_train_start()`` (fresh or pretrained training) or in
   ``load_checkpoint()`` before the state dict is loaded (``--c``, ``--val``, ``--val_best``). Adapter and LoRA
   layers copy the (pretrained) kernel as their frozen base ``W`` (Eqs. 7, 9);
@@ -42,7 +45,6 @@ trainer name, the report (:meth:`QPGReport.to_dict`) and the training schedule.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any, Iterator
@@ -57,13 +59,16 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_qpg.accounting import QPGReport, count_trainable
 from nnunet_qpg.postprocessing import POST_PROCESSING
+from nnunet_qpg.safe_io import write_json_atomically
 from nnunet_qpg.surgery import MODES, apply_qpg, find_layers, mark_only_adapters_trainable
 
 __all__ = [
     "SETTINGS_FILE",
     "ConstantLRScheduler",
     "PaperProtocol",
+    "check_pretrained_weights",
     "nnUNetTrainerQPGBase",
+    "pretrained_weights_argument",
     "qpg_settings_of",
     "swap_network",
     "unwrap_network",
@@ -257,6 +262,9 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
         finally:
             del self.build_network_architecture
         self.check_targets(unwrap_network(self.network))
+        pretrained = pretrained_weights_argument(sys.argv)
+        if pretrained is not None:  # nnU-Net loads them next, unpickling with weights_only=False
+            check_pretrained_weights(unwrap_network(self.network), pretrained, self._where())
 
     def apply_qpg_to_network(self) -> None:
         """Swap once: on the unwrapped module, then re-compile, rebuild optimizer / scheduler, re-wrap DDP."""
@@ -286,9 +294,7 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
             self.print_to_log_file(f"{type(self).__name__}: classical training, "
                                    f"{count_trainable(module):,} trainable parameters", add_timestamp=False)
         if self.local_rank == 0:
-            os.makedirs(self.output_folder, exist_ok=True)
-            with open(os.path.join(self.output_folder, SETTINGS_FILE), "w") as handle:
-                json.dump(qpg_settings_of(self, module), handle, indent=2)
+            write_json_atomically(os.path.join(self.output_folder, SETTINGS_FILE), qpg_settings_of(self, module))
 
     def on_train_start(self) -> None:
         self.apply_qpg_to_network()
@@ -314,6 +320,54 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
                                         momentum=0.99, nesterov=True)
             return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
         return super().configure_optimizers()
+
+
+def pretrained_weights_argument(argv: list[str]) -> str | None:
+    """The file after nnUNetv2_train's ``-pretrained_weights`` in ``argv`` (also ``-pretrained_weights=FILE``).
+
+    nnU-Net hands that file to ``load_pretrained_weights`` after ``initialize()`` without telling the trainer,
+    so the trainer reads the command line to check the file first.
+    """
+    for index, word in enumerate(argv):
+        if word == "-pretrained_weights" and index + 1 < len(argv):
+            return argv[index + 1]
+        if word.startswith("-pretrained_weights="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def check_pretrained_weights(network: nn.Module, path: str, where: str = "") -> None:
+    """Refuse (``ValueError``) pretrained weights that nnU-Net's ``load_pretrained_weights`` would reject.
+
+    The file is read as data only (:func:`nnunet_qpg.safe_io.load_checkpoint`; a checkpoint that needs pickled
+    code is refused before nnU-Net unpickles it), then checked with nnU-Net's rule: every key of the plain
+    network except the segmentation heads is in the file with the same shape. The message names keys and shapes
+    only; nnU-Net's own assertion prints the network's whole tensor.
+    """
+    from nnunet_qpg.safe_io import load_checkpoint
+
+    prefix = f"{where}: " if where else ""
+    try:
+        pretrained = load_checkpoint(path)["network_weights"]
+    except ValueError as error:
+        raise ValueError(f"{prefix}-pretrained_weights: {error}") from None
+    problems = []
+    for key, value in network.state_dict().items():
+        if ".seg_layers." in key:
+            continue  # nnU-Net does not transfer the segmentation heads
+        theirs = getattr(pretrained.get(key), "shape", None)
+        if key not in pretrained:
+            problems.append(f"{key}: not in the pretrained weights")
+        elif theirs is None or tuple(theirs) != tuple(value.shape):
+            problems.append(f"{key}: shape {tuple(theirs) if theirs is not None else '?'} in the pretrained "
+                            f"weights, {tuple(value.shape)} in this network")
+    if problems:
+        shown = "\n  ".join(problems[:8])
+        more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+        raise ValueError(f"{prefix}-pretrained_weights {path} does not fit the network these plans build "
+                         f"({len(problems)} weight(s) differ):\n  {shown}{more}\nUse a checkpoint trained with "
+                         f"the same plans and configuration (nnU-Net transfers every weight except the "
+                         f"segmentation heads).")
 
 
 def find_layers_or_modules(network: nn.Module, patterns) -> None:

@@ -6,19 +6,25 @@ Colours follow what each label means (see `figures`): label names come from the 
 or of its parent (nnU-Net's labelsTs/ sits beside dataset.json; nnUNetv2_predict writes one into its output),
 KiTS19's own names for a KiTS19 data folder, and for a prediction folder without names those of the ground
 truth it is compared with (same task); KiTS19's as the last resort.
+
+Images and masks are read through :func:`nnunet_qpg.image_reading.read_image`, and each mask must lie on its
+image's voxel grid (:func:`nnunet_qpg.evaluation.geometry_difference`). A case that fails (unreadable file, other
+grid) is named and not drawn (:class:`OverlayResult`); the others are.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
-from nnunet_qpg.evaluation import ground_truth_files
+from nnunet_qpg.evaluation import geometry_difference, ground_truth_files
 from nnunet_qpg.figures import KITS19_LABEL_NAMES, save_overlay_figure
+from nnunet_qpg.image_reading import UnreadableImageError, read_image
 from nnunet_qpg.inference import case_files, case_name, list_volumes
 from nnunet_qpg.metrics import overlap_scores
 
@@ -38,7 +44,14 @@ def label_names_of(folder: Path) -> dict[int, str] | None:
     folder, else None (unknown)."""
     for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
         if candidate.is_file():
-            labels = json.loads(candidate.read_text()).get("labels", {})
+            try:
+                content = json.loads(candidate.read_text())
+            except (OSError, UnicodeDecodeError, ValueError):
+                content = None
+            labels = content.get("labels", {}) if isinstance(content, dict) else None
+            if not isinstance(labels, dict):
+                raise OverlayError(f"{candidate} is not a valid nnU-Net dataset.json (its 'labels' name the mask "
+                                   f"colours); fix or remove it")
             names = {int(value): name for name, value in labels.items()
                      if isinstance(value, int) and value != 0}  # region-based (list) labels are not named
             if names:
@@ -56,9 +69,8 @@ def most_telling_slice(masks: np.ndarray) -> int:
     return max(range(masks.shape[0]), key=lambda index: (distinct[index], area[index], -index))
 
 
-def _axial(path: Path) -> np.ndarray:
-    """The file's pixels as (axial slice, row, column); a 2D image becomes one slice."""
-    image = sitk.ReadImage(str(path))
+def _axial(image: sitk.Image) -> np.ndarray:
+    """The image's pixels as (axial slice, row, column); a 2D image becomes one slice."""
     array = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 2:
         return array[None]
@@ -66,18 +78,41 @@ def _axial(path: Path) -> np.ndarray:
     return np.transpose(array, tuple(2 - axis for axis in axes))
 
 
-def write_overlays(images: Path, ground_truth: Path | None, predictions: dict[str, Path], output: Path,
-                   limit: int = 8, cases: list[str] | None = None) -> list[Path]:
-    """One PNG per case present in the images and every prediction folder; returns the written paths."""
+class _CaseProblem(Exception):
+    """One case that cannot be drawn; the message names the file and the problem."""
+
+
+@dataclass
+class OverlayPlan:
+    """What to draw: the cases in every folder, with each folder's file and label names."""
+
+    cases: list[str]
+    image_files: dict[str, Path]
+    truth_files: dict[str, Path]
+    predicted: dict[str, dict[str, Path]]  # prediction name -> case -> file
+    names: dict[str, dict[int, str] | None]  # "ground truth" / prediction name -> label names
+
+
+@dataclass
+class OverlayResult:
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (case, problem)
+
+
+def plan_overlays(images: Path, ground_truth: Path | None, predictions: dict[str, Path], limit: int = 8,
+                  cases: list[str] | None = None) -> OverlayPlan:
+    """Pair the folders by case name (OverlayError naming the folder when one is missing or nothing pairs)."""
     image_files = _image_files(images)
+    if ground_truth is not None and not ground_truth.is_dir():
+        raise OverlayError(f"{ground_truth} (--ground-truth) is not a folder of masks")
     truth_files = ground_truth_files(ground_truth) if ground_truth else {}
     truth_names = label_names_of(ground_truth) if ground_truth else None
     names = {"ground truth": truth_names}
     predicted = {}
     for name, folder in predictions.items():
-        names[name] = label_names_of(folder) or truth_names
         if not folder.is_dir():
             raise OverlayError(f"{folder} (prediction {name!r}) is not a folder")
+        names[name] = label_names_of(folder) or truth_names
         predicted[name] = {case_name(path): path for path in list_volumes(folder)}
     common = sorted(set(image_files).intersection(*(set(p) for p in predicted.values())))
     if ground_truth:
@@ -87,19 +122,48 @@ def write_overlays(images: Path, ground_truth: Path | None, predictions: dict[st
     if not common:
         raise OverlayError(f"no case is in {images} and in every prediction folder"
                            f"{' and in ' + str(ground_truth) if ground_truth else ''} (cases match by file name)")
-    written = []
-    for case in common[:limit]:
-        image = _axial(image_files[case])
-        truth = _axial(truth_files[case]) if ground_truth else None
-        masks = {name: _axial(files[case]) for name, files in predicted.items()}
+    return OverlayPlan(common[:limit], image_files, truth_files, predicted, names)
+
+
+def _read_case(plan: OverlayPlan, case: str) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    image = read_image(plan.image_files[case])
+    masks = {"ground truth": plan.truth_files[case]} if plan.truth_files else {}
+    masks.update({name: files[case] for name, files in plan.predicted.items()})
+    arrays = {}
+    for name, path in masks.items():
+        mask = read_image(path)
+        difference = geometry_difference(mask, image, f"the image {plan.image_files[case]}")
+        if difference:
+            raise _CaseProblem(f"{path} ({name}) {difference}; masks must be on their image's voxel grid")
+        arrays[name] = _axial(mask)
+    truth = arrays.pop("ground truth", None)
+    return _axial(image), truth, arrays
+
+
+def draw_overlays(plan: OverlayPlan, output: Path) -> OverlayResult:
+    """One PNG per planned case in ``output``; a case that cannot be read or drawn is recorded, not drawn."""
+    result = OverlayResult()
+    for case in plan.cases:
+        try:
+            image, truth, masks = _read_case(plan, case)
+        except (UnreadableImageError, _CaseProblem) as error:
+            result.failed.append((case, str(error)))
+            continue
         index = most_telling_slice(truth if truth is not None else np.concatenate(list(masks.values()), axis=1))
         scores = None
         if truth is not None:
             scores = {name: f"DSC {overlap_scores(mask[index] > 0, truth[index] > 0).dsc:.3f}"
                       for name, mask in masks.items()}
         title = case if image.shape[0] == 1 else f"{case}, axial slice {index}"
-        written.append(save_overlay_figure(output / f"{case}.png", image[index],
-                                           None if truth is None else truth[index],
-                                           {name: mask[index] for name, mask in masks.items()}, title, scores,
-                                           names))
-    return written
+        result.written.append(save_overlay_figure(output / f"{case}.png", image[index],
+                                                  None if truth is None else truth[index],
+                                                  {name: mask[index] for name, mask in masks.items()}, title, scores,
+                                                  plan.names))
+    return result
+
+
+def write_overlays(images: Path, ground_truth: Path | None, predictions: dict[str, Path], output: Path,
+                   limit: int = 8, cases: list[str] | None = None) -> list[Path]:
+    """One PNG per case present in the images and every prediction folder; returns the written paths (cases that
+    cannot be drawn are skipped; `nnunet-qpg overlay` names them)."""
+    return draw_overlays(plan_overlays(images, ground_truth, predictions, limit, cases), output).written

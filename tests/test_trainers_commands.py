@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import shlex
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,10 @@ def test_new_trainer_writes_an_importable_trainer(tmp_path: Path, capsys) -> Non
     assert main(argv) == 0
     path = tmp_path / "nnUNetTrainerQPGChosen.py"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
-    trainer = _import_as_top_level(path, "chosen").nnUNetTrainerQPGChosen
+    module = _import_as_top_level(path, "chosen")
+    trainer = module.nnUNetTrainerQPGChosen
+    # the command that wrote it, recorded as a string (never in a docstring or comment)
+    assert shlex.split(module.CREATED_WITH) == ["nnunet-qpg", *argv]
     assert trainer.qpg_targets == ("decoder.stages.0.*", "encoder.stages.3.*")
     assert (trainer.qpg_mode, trainer.qpg_post, trainer.qpg_blocks) == ("adapter", "sst", 2)
     assert trainer.qpg_train_only == ("decoder.seg_layers.*",)  # adapters: heads trained, the rest frozen
@@ -113,6 +117,8 @@ def test_new_trainer_writes_an_importable_trainer(tmp_path: Path, capsys) -> Non
     assert main(["new-trainer", "9lives", "--targets", "x", "-o", str(tmp_path)]) == 2
     assert main(["new-trainer", "nnUNetTrainerQPG", "--targets", "x", "-o", str(tmp_path)]) == 2
     assert "already a shipped trainer" in capsys.readouterr().err
+    assert main(["new-trainer", "PaperProtocol", "--targets", "x", "-o", str(tmp_path)]) == 2
+    assert "a class the trainer file builds on" in capsys.readouterr().err
 
 
 def test_new_trainer_lora_with_short_schedule(tmp_path: Path) -> None:

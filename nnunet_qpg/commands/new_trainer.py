@@ -2,7 +2,8 @@
 
 The file holds one nnUNetTrainer subclass configured by class attributes; put its folder in nnUNet_extTrainer
 and train with nnU-Net's own command. Targets are glob patterns over the network's module names; list the names
-of a planned network with `nnunet-qpg info -d ID -c 2d --list`.
+of a planned network with `nnunet-qpg info -d ID -c 2d --list`. Patterns and the command line are written as
+string literals only (nnU-Net imports every file of an nnUNet_extTrainer folder, so they must never become code).
 
 examples:
   # the paper's scalability schemes: QPG on the bottleneck and the first decoder stage
@@ -17,56 +18,162 @@ examples:
 from __future__ import annotations
 
 import argparse
+import ast
 import keyword
-import shlex
 import os
+import shlex
 import sys
 from pathlib import Path
-
-from nnunet_qpg.safe_io import write_text_atomically
+from typing import Any
 
 MODES = ("replace", "adapter", "lora")
 POSTS = ("rce", "lpp", "sst")
 HEADS = "decoder.seg_layers.*"
+TRAINER_MODULE = "nnunet_qpg.nnunet_trainer"
+# names the generated module imports or nnU-Net itself defines: a class of that name would shadow them
+RESERVED_NAMES = ("nnUNetTrainer", "nnUNetTrainerQPGBase", "PaperProtocol")
+DESCRIPTIONS = {"replace": "QPGConv (Eqs. 6, 8)", "adapter": "QPGAConv adapters (Eqs. 7, 9)", "lora": "ConvLoRA"}
+
+
+class GeneratedSourceError(RuntimeError):
+    """The generated trainer source is not exactly the expected data-only module (a bug; nothing is written)."""
+
+
+def trainer_attributes(mode: str = "replace", post: str = "lpp", blocks: int = 1, rank: int = 8,
+                       targets: list[str] | tuple[str, ...] = (), train_only: list[str] | None = None,
+                       epochs: int | None = None, iterations_per_epoch: int | None = None) -> dict[str, Any]:
+    """The class attributes of a generated trainer, in the order they are written (all plain literals)."""
+    attributes: dict[str, Any] = {"qpg_targets": tuple(targets), "qpg_mode": mode}
+    if mode == "lora":
+        attributes["qpg_lora_rank"] = rank
+    else:
+        attributes.update(qpg_post=post, qpg_blocks=blocks)
+    if train_only is not None:
+        attributes["qpg_train_only"] = tuple(train_only)
+    if epochs is not None:
+        attributes["schedule_epochs"] = epochs
+    if iterations_per_epoch is not None:
+        # nnU-Net validates 50 batches per 250 training batches; keep that ratio.
+        attributes["schedule_iterations_per_epoch"] = iterations_per_epoch
+        attributes["schedule_val_iterations_per_epoch"] = max(1, iterations_per_epoch // 5)
+    return attributes
+
+
+def _literal(value: Any) -> str:
+    """A Python literal for ``value``: ascii() escapes quotes, backslashes, newlines and every non-ASCII
+    character, so user text stays inside its string and the file is plain ASCII."""
+    if isinstance(value, tuple):
+        items = [_literal(item) for item in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if value is None or isinstance(value, (bool, int, str)):
+        return ascii(value)
+    raise TypeError(f"not a literal for a trainer file: {type(value).__name__}")
 
 
 def trainer_source(name: str, targets: list[str], mode: str = "replace", post: str = "lpp", blocks: int = 1,
                    rank: int = 8, train_only: list[str] | None = None, paper_schedule: bool = False,
                    epochs: int | None = None, iterations_per_epoch: int | None = None,
                    command_line: str = "") -> str:
-    """The Python source of a trainer module defining class ``name``."""
-    bases = "PaperProtocol, nnUNetTrainerQPGBase" if paper_schedule else "nnUNetTrainerQPGBase"
-    what = {"replace": "QPGConv (Eqs. 6, 8)", "adapter": "QPGAConv adapters (Eqs. 7, 9)",
-            "lora": f"ConvLoRA (rank {rank})"}[mode]
+    """The Python source of a trainer module defining class ``name``.
+
+    User text (patterns, the command line) appears only as ``ascii()`` string literals in assignments, never in
+    docstrings, comments or code; ``name`` must be an ASCII identifier. The source is checked with
+    :func:`verify_trainer_source` before it is returned.
+    """
+    if not valid_class_name(name):
+        raise ValueError(f"{name!r} is not an ASCII Python identifier")
+    bases = ("PaperProtocol", "nnUNetTrainerQPGBase") if paper_schedule else ("nnUNetTrainerQPGBase",)
+    attributes = trainer_attributes(mode, post, blocks, rank, targets, train_only, epochs, iterations_per_epoch)
     lines = [
-        f'"""{name}: {what} on {", ".join(targets)}.',
+        '"""A trainer written by `nnunet-qpg new-trainer` (CREATED_WITH holds its command line).',
         "",
-        "Written by `nnunet-qpg new-trainer`" + (f":\n    {command_line}" if command_line else "."),
         "Use it with nnUNet_extTrainer pointing at this folder; nnUNetv2_predict rebuilds the same network from",
-        'the trainer name stored in the checkpoint, so keep this file where nnU-Net can find it."""',
+        "the trainer name stored in the checkpoint, so keep this file where nnU-Net can find it. The settings are",
+        'the class attributes below (see nnunet_qpg.nnunet_trainer.nnUNetTrainerQPGBase)."""',
         "",
-        f"from nnunet_qpg.nnunet_trainer import {bases}",
+        f"from {TRAINER_MODULE} import {', '.join(bases)}",
+        "",
+        f"CREATED_WITH = {_literal(command_line)}",
         "",
         "",
-        f"class {name}({bases}):",
-        f'    """{what} on {", ".join(targets)}."""',
+        f"class {name}({', '.join(bases)}):",
+        f'    """{DESCRIPTIONS[mode]} on the convolutions that qpg_targets matches."""',
         "",
-        f"    qpg_targets = {tuple(targets)!r}",
-        f"    qpg_mode = {mode!r}",
+        *(f"    {attribute} = {_literal(value)}" for attribute, value in attributes.items()),
     ]
-    if mode == "lora":
-        lines.append(f"    qpg_lora_rank = {rank!r}")
-    else:
-        lines += [f"    qpg_post = {post!r}", f"    qpg_blocks = {blocks!r}"]
-    if train_only is not None:
-        lines.append(f"    qpg_train_only = {tuple(train_only)!r}")
-    if epochs is not None:
-        lines.append(f"    schedule_epochs = {epochs!r}")
-    if iterations_per_epoch is not None:
-        # nnU-Net validates 50 batches per 250 training batches; keep that ratio.
-        lines.append(f"    schedule_iterations_per_epoch = {iterations_per_epoch!r}")
-        lines.append(f"    schedule_val_iterations_per_epoch = {max(1, iterations_per_epoch // 5)!r}")
-    return "\n".join(lines) + "\n"
+    source = "\n".join(lines) + "\n"
+    verify_trainer_source(source, name, bases, attributes, command_line)
+    return source
+
+
+def _literal_value(node: ast.AST, where: str) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise GeneratedSourceError(f"{where} is not a literal") from None
+
+
+def verify_trainer_source(source: str, name: str, bases: tuple[str, ...], attributes: dict[str, Any],
+                          command_line: str) -> None:
+    """Parse ``source`` and check it holds exactly: a docstring, ``from nnunet_qpg.nnunet_trainer import
+    BASES``, ``CREATED_WITH = <command_line>``, and ``class NAME(BASES)`` whose body is a docstring and one
+    literal assignment per attribute, each equal to the intended value. Raise GeneratedSourceError otherwise."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        raise GeneratedSourceError(f"the source does not parse: {error}") from None
+    body = tree.body
+    if len(body) != 4:
+        raise GeneratedSourceError(f"expected 4 top-level statements, found {len(body)}")
+    docstring, imports, created, trainer = body
+
+    def is_docstring(node: ast.AST) -> bool:
+        return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+    if not is_docstring(docstring):
+        raise GeneratedSourceError("the module does not start with its docstring")
+    if not (isinstance(imports, ast.ImportFrom) and imports.module == TRAINER_MODULE and imports.level == 0
+            and [(alias.name, alias.asname) for alias in imports.names] == [(base, None) for base in bases]):
+        raise GeneratedSourceError(f"the second statement is not `from {TRAINER_MODULE} import {', '.join(bases)}`")
+    if not (isinstance(created, ast.Assign) and [ast.dump(t) for t in created.targets]
+            == [ast.dump(ast.Name("CREATED_WITH", ast.Store()))]
+            and _literal_value(created.value, "CREATED_WITH") == command_line):
+        raise GeneratedSourceError("CREATED_WITH is not the command line as one string literal")
+    if not (isinstance(trainer, ast.ClassDef) and trainer.name == name and not trainer.decorator_list
+            and not trainer.keywords and [getattr(base, "id", None) for base in trainer.bases] == list(bases)
+            and all(isinstance(base, ast.Name) for base in trainer.bases)):
+        raise GeneratedSourceError(f"the last statement is not `class {name}({', '.join(bases)})`")
+    if not trainer.body or not is_docstring(trainer.body[0]):
+        raise GeneratedSourceError("the class does not start with its docstring")
+    assigned: dict[str, Any] = {}
+    for node in trainer.body[1:]:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise GeneratedSourceError(f"line {node.lineno}: the class body holds something other than assignments")
+        target = node.targets[0].id
+        assigned[target] = _literal_value(node.value, target)
+    if assigned != attributes or list(assigned) != list(attributes):
+        raise GeneratedSourceError(f"the class attributes {assigned!r} are not the intended {attributes!r}")
+
+
+def valid_class_name(name: str) -> bool:
+    """An ASCII identifier that is not a keyword (non-ASCII identifiers are NFKC-normalised by Python, so the
+    class could end up with another name than its file and nnU-Net would not find it)."""
+    return name.isascii() and name.isidentifier() and not keyword.iskeyword(name)
+
+
+def command_line_of(args: argparse.Namespace, targets: list[str], train_only: list[str] | None) -> str:
+    """The new-trainer command that writes this file again (recorded in the file as a string literal)."""
+    words = ["nnunet-qpg", "new-trainer", args.name, "--targets", *targets, "--mode", args.mode]
+    words += ["--rank", str(args.rank)] if args.mode == "lora" else ["--post", args.post, "--blocks", str(args.blocks)]
+    if args.train_only is not None:
+        words += ["--train-only", *train_only]
+    if args.paper_schedule:
+        words.append("--paper-schedule")
+    if args.epochs is not None:
+        words += ["--epochs", str(args.epochs)]
+    if args.iterations_per_epoch is not None:
+        words += ["--iterations-per-epoch", str(args.iterations_per_epoch)]
+    return shlex.join([*words, "-o", str(args.output)])
 
 
 def _positive(text: str) -> int:
@@ -99,10 +206,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
+    from nnunet_qpg.safe_io import make_output_folder, write_text_atomically
+
     name = args.name
-    if not name.isidentifier() or keyword.iskeyword(name):
-        print(f"new-trainer: {name!r} is not a valid Python class name; use letters, digits and _, "
+    if not valid_class_name(name):
+        print(f"new-trainer: {name!r} is not a valid class name; use ASCII letters, digits and _ (not starting "
+              f"with a digit, not a Python keyword), e.g. nnUNetTrainerQPGMine", file=sys.stderr)
+        return 2
+    if name in RESERVED_NAMES:
+        print(f"new-trainer: {name} is the name of a class the trainer file builds on; choose another name, "
               f"e.g. nnUNetTrainerQPGMine", file=sys.stderr)
         return 2
     from nnunet_qpg.commands.trainers_path import trainers_path
@@ -120,15 +233,21 @@ def run(args: argparse.Namespace) -> int:
     if train_only is None and args.mode in ("adapter", "lora"):
         train_only = [HEADS]
     path = args.output / f"{name}.py"
-    if path.exists() and not args.force:
+    if (path.exists() or path.is_symlink()) and not args.force:
         print(f"new-trainer: {path} exists; pass --force to overwrite it", file=sys.stderr)
         return 1
-    command_line = "nnunet-qpg new-trainer " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["new-trainer"] else ""
     source = trainer_source(name, targets, mode=args.mode, post=args.post, blocks=args.blocks, rank=args.rank,
                             train_only=train_only, paper_schedule=args.paper_schedule, epochs=args.epochs,
-                            iterations_per_epoch=args.iterations_per_epoch, command_line=command_line)
-    compile(source, str(path), "exec")  # a bug here must never leave a broken trainer file behind
+                            iterations_per_epoch=args.iterations_per_epoch,
+                            command_line=command_line_of(args, targets, args.train_only))
+    make_output_folder(args.output, "-o")
     write_text_atomically(path, source)
     print(f"wrote {path}\nuse it with:\n  export nnUNet_extTrainer=\"$nnUNet_extTrainer{os.pathsep}"
           f"{path.parent.resolve()}\"\n  nnUNetv2_train DATASET 2d FOLD -tr {name}")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_qpg.safe_io import guarded
+
+    return guarded("new-trainer", lambda: _run(args))
