@@ -26,24 +26,33 @@ import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_slices import resize_image, window_and_denoise
 from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
-from nnunet_qpg.nifti_check import truncation_problem
+from nnunet_qpg.image_reading import UnreadableImageError, read_image
+from nnunet_qpg.nifti_check import count_non_finite
 
 # nnU-Net's SimpleITK reader gives 2D images this spacing; the 2D configuration never resamples along it.
 NNUNET_2D_SPACING = [999.0, 1.0, 1.0]
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
-class UnreadableVolumeError(Exception):
-    """An input volume that cannot be predicted; the message names the file, the problem and the fix."""
-
-    def __init__(self, path: Path | str, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+# An input volume that cannot be predicted: the one reader's error (one error type for every image we read).
+UnreadableVolumeError = UnreadableImageError
 
 
 class ModelFolderError(Exception):
     """A model folder that cannot be used for volume prediction (message names the file and the fix)."""
+
+
+class CaseNameCollisionError(ValueError):
+    """Several files of one folder map to the same case name, so they would share one mask or one score.
+
+    ``collisions`` maps each such case name to all of its files; the message names every one of them.
+    """
+
+    def __init__(self, folder: Path | str, collisions: dict[str, list[Path]]):
+        self.folder = Path(folder)
+        self.collisions = collisions
+        described = "; ".join(collision_problem(case, paths) for case, paths in sorted(collisions.items()))
+        super().__init__(f"{folder}: {described}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,13 @@ class SlicePreprocessing:
                 f"{dataset_json} is missing: give the trained model folder (the one holding plans.json, "
                 f"dataset.json and fold_X/), e.g. $nnUNet_results/Dataset701_KiTS19Kidney2D/nnUNetTrainer__nnUNetPlans__2d"
             )
-        settings = json.loads(dataset_json.read_text()).get("conversion")
-        if not settings or not {"window", "denoise", "size"} <= set(settings):
+        try:
+            content = json.loads(dataset_json.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ModelFolderError(f"{dataset_json} cannot be read as JSON ({error}); copy the model folder "
+                                   f"again") from None
+        settings = content.get("conversion") if isinstance(content, dict) else None
+        if not isinstance(settings, dict) or not {"window", "denoise", "size"} <= set(settings):
             raise ModelFolderError(
                 f"{dataset_json} has no 'conversion' settings (window, denoise, size): this model was not trained on "
                 f"a dataset made by `nnunet-qpg convert-kits19`, so the slice preprocessing is unknown. Convert the "
@@ -100,6 +114,7 @@ class AxialVolume:
     # array keeps `image` alive itself (see _pixel_view), so it stays valid after this object is gone
     slices_rows_cols: np.ndarray
     numpy_axes: tuple[int, int, int]  # numpy axes of GetArrayFromImage holding slice, row, column
+    non_finite_replaced: int = 0  # NaN/inf voxels set to finite values on reading (non_finite="replace")
 
     def empty_mask(self) -> tuple[np.ndarray, np.ndarray]:
         """A uint8 array in the file's numpy layout and its (slice, row, column) view, to fill slice by slice."""
@@ -130,37 +145,22 @@ def _pixel_view(image: sitk.Image) -> np.ndarray:
     return np.asarray(_PixelBuffer(image))
 
 
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+def read_axial_volume(path: Path | str, non_finite: str = "refuse") -> AxialVolume:
+    """Read a 3D CT volume through the one image reader and view it along its axial axis (found from the
+    direction matrix, not assumed).
 
-
-def read_axial_volume(path: Path | str) -> AxialVolume:
-    """Read a 3D CT volume and view it along its axial axis (found from the direction matrix, not assumed).
-
-    Raises UnreadableVolumeError for missing, corrupt, truncated, non-3D or multi-component files.
+    Raises UnreadableImageError (alias UnreadableVolumeError) for missing, corrupt, truncated (.nii and .nii.gz),
+    non-3D or multi-component files, and for NaN/inf voxels unless ``non_finite="replace"``
+    (see :func:`nnunet_qpg.image_reading.read_image`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UnreadableVolumeError(path, "file is missing")
-    problem = truncation_problem(path)
-    if problem:
-        raise UnreadableVolumeError(path, problem)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise UnreadableVolumeError(path, f"cannot be read as NIfTI (corrupt or not an image): {_first_line(error)}; "
-                                          f"re-export or copy the file again")
-    if image.GetDimension() != 3:
-        raise UnreadableVolumeError(path, f"is {image.GetDimension()}D; a 3D CT volume is expected "
-                                          f"(2D images go to nnUNetv2_predict directly)")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UnreadableVolumeError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                                          f"a single-channel CT volume is expected")
+    image = read_image(path, dimension=3, non_finite=non_finite)
+    # the reader replaced them silently; count them (one streamed pass, float files only) so the batch can say so
+    replaced = count_non_finite(path) if non_finite == "replace" else 0
     sitk_axes = sitk_axes_from_direction(image.GetDirection())
     numpy_axes = tuple(2 - axis for axis in sitk_axes)  # numpy axis j of GetArrayFromImage is sitk index axis 2 - j
     view = np.transpose(_pixel_view(image), numpy_axes)
-    return AxialVolume(path, image, view, numpy_axes)  # type: ignore[arg-type]
+    return AxialVolume(path, image, view, numpy_axes, replaced)  # type: ignore[arg-type]
 
 
 def resize_mask_to(mask_2d: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -174,27 +174,123 @@ def resize_mask_to(mask_2d: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return mask_2d[np.ix_(rows, cols)]
 
 
-def load_predictor(model_folder: Path | str, folds: Sequence[str | int] | None, device: str = "cpu",
-                   checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = True):
-    """nnU-Net's own predictor for a trained model folder (all available folds when `folds` is None)."""
+def parse_fold(text: str) -> int | str:
+    """A fold as nnU-Net names its folders: a non-negative integer (fold_0, fold_1, ...) or 'all' (fold_all).
+
+    Raises ValueError with the rule, for argparse's ``type=`` (``-f abc``, ``-f -1``).
+    """
+    if text == "all":
+        return "all"
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"invalid fold {text!r}: folds are non-negative integers (0 1 2 3 4) or 'all', as in fold_X/")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model folder, the folds to ensemble and the checkpoint file name: every file prediction will load."""
+
+    folder: Path
+    folds: tuple[int | str, ...]
+    checkpoint_name: str
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        return [self.folder / f"fold_{fold}" / self.checkpoint_name for fold in self.folds]
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file that decides what the model predicts: plans.json, dataset.json and the checkpoints."""
+        return [self.folder / "plans.json", self.folder / "dataset.json", *self.checkpoints]
+
+
+def _available_folds(model_folder: Path, checkpoint_name: str) -> list[int]:
+    """nnU-Net's own rule for ``use_folds=None``: every fold_<int> holding the checkpoint (fold_all is left out)."""
+    folds = [int(path.parent.name[5:]) for path in model_folder.glob(f"fold_*/{checkpoint_name}")
+             if path.parent.name[5:].isdigit() and path.is_file()]
+    return sorted(folds)
+
+
+def choose_model(model_folder: Path | str, folds: Sequence[str | int] | None,
+                 checkpoint_name: str = "checkpoint_final.pth", option: str = "-m") -> ModelChoice:
+    """Check a trained model folder without loading anything heavy, and fix the folds prediction will use.
+
+    ``folds`` None means every fold_X holding ``checkpoint_name`` (nnU-Net's rule). Raises ModelFolderError
+    naming the missing file (plans.json, dataset.json, fold_X/checkpoint) and what is there instead.
+    """
+    model_folder = Path(model_folder)
+    if not model_folder.is_dir():
+        raise ModelFolderError(f"{option} {model_folder} is not a folder: give the trained model folder (holding "
+                               f"plans.json, dataset.json and fold_X/{checkpoint_name})")
+    for name in ("plans.json", "dataset.json"):
+        if not (model_folder / name).is_file():
+            raise ModelFolderError(f"{model_folder / name} is missing: give the trained model folder "
+                                   f"(holding plans.json, dataset.json and fold_X/{checkpoint_name})")
+    available = _available_folds(model_folder, checkpoint_name)
+    if folds is None:
+        if not available:
+            raise ModelFolderError(f"no fold_X/{checkpoint_name} in {model_folder}: train the model first, "
+                                   f"or pass -chk checkpoint_best.pth")
+        chosen: tuple[int | str, ...] = tuple(available)
+    else:
+        chosen = tuple(fold if isinstance(fold, int) else parse_fold(str(fold)) for fold in folds)
+    for fold in chosen:
+        checkpoint = model_folder / f"fold_{fold}" / checkpoint_name
+        if not checkpoint.is_file():
+            there = (f"folds with {checkpoint_name}: {' '.join(map(str, available))}" if available
+                     else f"no fold has {checkpoint_name}")
+            raise ModelFolderError(f"{checkpoint} is missing ({there}); choose folds that were trained with -f, "
+                                   f"or another checkpoint with -chk")
+    return ModelChoice(model_folder, chosen, checkpoint_name)
+
+
+def check_checkpoints(choice: ModelChoice) -> None:
+    """Read every checkpoint of ``choice`` as data only (safe_io's allow-list): nnU-Net's predictor loads them
+    with ``torch.load(weights_only=False)``, which would run any code pickled into a crafted file.
+
+    Raises UnsafeCheckpointError naming the file.
+    """
+    from nnunet_qpg.safe_io import check_checkpoint
+
+    for checkpoint in choice.checkpoints:
+        check_checkpoint(checkpoint)
+
+
+def load_predictor(model_folder: Path | str | ModelChoice, folds: Sequence[str | int] | None = None,
+                   device: str = "cpu", checkpoint_name: str = "checkpoint_final.pth", use_mirroring: bool = True):
+    """nnU-Net's own predictor for a trained model folder (all available folds when `folds` is None).
+
+    Every checkpoint is first checked to hold data only (:func:`check_checkpoints`), then handed to nnU-Net with
+    exactly the folds checked. Raises ModelFolderError / UnsafeCheckpointError with a message.
+    """
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    model_folder = Path(model_folder)
-    if not (model_folder / "plans.json").is_file():
-        raise ModelFolderError(f"{model_folder / 'plans.json'} is missing: give the trained model folder "
-                               f"(holding plans.json, dataset.json and fold_X/{checkpoint_name})")
-    if folds is None and not list(model_folder.glob(f"fold_*/{checkpoint_name}")):
-        raise ModelFolderError(f"no fold_X/{checkpoint_name} in {model_folder}: train the model first, "
-                               f"or pass -chk checkpoint_best.pth")
+    choice = (model_folder if isinstance(model_folder, ModelChoice)
+              else choose_model(model_folder, folds, checkpoint_name))
+    check_checkpoints(choice)
     predictor = nnUNetPredictor(
         tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
         perform_everything_on_device=device == "cuda", device=torch.device(device),
         verbose=False, verbose_preprocessing=False, allow_tqdm=False,
     )
-    chosen = None if folds is None else tuple(f if f == "all" else int(f) for f in folds)
-    predictor.initialize_from_trained_model_folder(str(model_folder), chosen, checkpoint_name=checkpoint_name)
+    try:
+        predictor.initialize_from_trained_model_folder(str(choice.folder), choice.folds,
+                                                       checkpoint_name=choice.checkpoint_name)
+    except RuntimeError as error:
+        if "Could not find requested nnunet trainer" not in str(error):
+            raise
+        raise ModelFolderError(
+            f"the trainer class of {choice.checkpoints[0]} is not importable: {_last_line(error).split('. ')[0]}. "
+            f"For QPG models run `export nnUNet_extTrainer=$(nnunet-qpg trainers-path)` (plus the folder of any "
+            f"trainer file you generated with new-trainer), as for nnUNetv2_predict."
+        ) from None
     return predictor
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def predict_slice(predictor, slice_image: np.ndarray) -> np.ndarray:
@@ -219,18 +315,49 @@ def predict_volume(predictor, preprocessing: SlicePreprocessing, volume: AxialVo
 
 
 def list_volumes(input_folder: Path) -> list[Path]:
-    """The NIfTI volumes of a folder, sorted (hidden and temporary files are left out)."""
+    """The NIfTI volumes of a folder, sorted (hidden and temporary files are left out).
+
+    Several of them may map to one case name (``scan.nii``, ``scan.nii.gz``, ``scan_0000.nii.gz``): use
+    :func:`files_by_case` where the names matter.
+    """
     return sorted(p for p in input_folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS))
 
 
+def files_by_case(folder: Path, kits19_file: str | None = None) -> dict[str, list[Path]]:
+    """case name -> the NIfTI file(s) of a flat folder (and ``case_*/kits19_file`` of a KiTS19 data folder).
+
+    More than one file per case (``a.nii`` and ``a.nii.gz``, or ``a.nii.gz`` and ``a_0000.nii.gz``, or
+    ``case_00001.nii.gz`` beside ``case_00001/``) is kept as a list so callers can refuse the case instead of
+    silently taking one of them (they would share one mask, or one score).
+    """
+    grouped: dict[str, list[Path]] = {}
+    for path in list_volumes(folder):
+        grouped.setdefault(case_name(path), []).append(path)
+    if kits19_file:
+        for case_dir in sorted(folder.glob("case_*")):
+            if (case_dir / kits19_file).is_file():
+                grouped.setdefault(case_dir.name, []).append(case_dir / kits19_file)
+    return grouped
+
+
+def collision_problem(case: str, paths: Sequence[Path]) -> str:
+    """One sentence naming every file that maps to ``case``, and the fix."""
+    names = ", ".join(path.name if path.parent.name != case else f"{case}/{path.name}" for path in paths)
+    return (f"{names} all map to the case name {case!r} (output {case}.nii.gz), so nnunet-qpg cannot tell which "
+            f"one is meant; rename or move all but one of them")
+
+
 def case_files(folder: Path, kits19_file: str) -> dict[str, Path]:
-    """case name -> file, for a flat folder of NIfTI files or a KiTS19 data folder (``case_*/kits19_file``)."""
-    files = {case_name(path): path for path in list_volumes(folder)}
-    for case_dir in sorted(folder.glob("case_*")):
-        if (case_dir / kits19_file).is_file():
-            files[case_dir.name] = case_dir / kits19_file
-    return files
+    """case name -> file, for a flat folder of NIfTI files or a KiTS19 data folder (``case_*/kits19_file``).
+
+    Raises CaseNameCollisionError (a ValueError naming every file) when several files share a case name.
+    """
+    grouped = files_by_case(folder, kits19_file)
+    collisions = {case: paths for case, paths in grouped.items() if len(paths) > 1}
+    if collisions:
+        raise CaseNameCollisionError(folder, collisions)
+    return {case: paths[0] for case, paths in grouped.items()}
 
 
 def case_name(path: Path) -> str:

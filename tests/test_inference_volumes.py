@@ -72,7 +72,7 @@ def test_rerun_skips_finished_volumes_and_parts_split_the_batch(model, volumes, 
     output, _ = prediction
     rerun = run_command([nnunet_qpg_command(), "predict", "-i", str(volumes), "-o", str(output), "-m",
                          str(model.model_folder), "-device", "cpu"], model.env, check=False)
-    assert "0 volume(s) predicted, 2 already done, 1 unreadable" in rerun.stdout
+    assert "0 volume(s) predicted, 2 already done, 1 skipped" in rerun.stdout
     # part 1 of 2 of [axis0, axis2] is axis2 only (nnUNetv2_predict's every-n-th split)
     good = tmp_path / "good"
     good.mkdir()

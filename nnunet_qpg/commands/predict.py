@@ -4,7 +4,18 @@ Each volume's axial slices (found from the header's direction matrix, any orient
 recorded in the model's dataset.json (HU window, filters, resize), are predicted by nnU-Net's nnUNetPredictor
 (all folds of the model folder unless -f, with mirroring as nnU-Net does), mapped back to the original slice
 size (nearest neighbour), and written as {case}.nii.gz with the input's exact geometry (shape, spacing, origin,
-direction). Rerunning skips volumes whose mask exists; unreadable volumes are reported and skipped.
+direction).
+
+Data safety: -o is created if missing and must be writable, and may not be the input folder, lie inside or hold
+it, or lie inside the model folder; this is checked before the model is loaded. Every checkpoint is checked to
+hold data only before nnU-Net loads it. Volumes that are unreadable (corrupt, truncated, NaN/inf unless
+--non-finite replace) or whose names map to one case (scan.nii, scan.nii.gz, scan_0000.nii.gz) are named and
+skipped (exit 1).
+
+Rerunning the same command finishes an interrupted batch: a mask counts as done only if it records this very
+input, command and model (each mask's NIfTI header description holds `nnunet-qpg COMMAND input:<SHA-256 of the
+input file> model:<SHA-256 of plans.json, dataset.json and the checkpoints used>`). An existing mask of another
+input or model, or a file nnunet-qpg did not write, is named and kept (exit 1); --overwrite replaces it.
 
 example:
   nnunet-qpg predict -i ct_volumes/ -o masks/ -m $nnUNet_results/Dataset701_KiTS19Kidney2D/nnUNetTrainerQPG__nnUNetPlans__2d -f 0
@@ -16,24 +27,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnunet_qpg.volume_batch import add_batch_arguments, default_device, run_prediction_batch
+from nnunet_qpg.volume_batch import add_batch_arguments, fold_argument, run_prediction_batch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_arguments(parser)
     parser.add_argument("-m", "--model", type=Path, required=True,
                         help="trained model folder (holds plans.json, dataset.json, fold_X/)")
-    parser.add_argument("-f", "--folds", nargs="+", default=None,
-                        help="folds to ensemble (default: every fold_X with the checkpoint)")
+    parser.add_argument("-f", "--folds", nargs="+", type=fold_argument, default=None,
+                        help="folds to ensemble: integers or 'all' (default: every fold_X with the checkpoint)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_qpg.inference import SlicePreprocessing, load_predictor, predict_volume
+    from nnunet_qpg.inference import SlicePreprocessing, choose_model, load_predictor, predict_volume
 
-    def make_predict():
+    def setup(device: str):
+        choice = choose_model(args.model, args.folds, args.checkpoint, option="-m")
         preprocessing = SlicePreprocessing.from_model_folder(args.model)
-        predictor = load_predictor(args.model, args.folds, default_device(args.device), args.checkpoint,
-                                   use_mirroring=not args.disable_tta)
-        return lambda volume, tick: predict_volume(predictor, preprocessing, volume, tick)
 
-    return run_prediction_batch("predict", args, make_predict)
+        def load():
+            predictor = load_predictor(choice, device=device, use_mirroring=not args.disable_tta)
+            return lambda volume, tick: predict_volume(predictor, preprocessing, volume, tick)
+
+        return load, choice.files
+
+    return run_prediction_batch("predict", args, setup, models=[args.model])

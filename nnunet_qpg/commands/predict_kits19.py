@@ -2,8 +2,12 @@
 8-connected kidney region crop (as the converter made the tumour training data), pasted back as KiTS19 labels
 (0 background, 1 kidney, 2 tumour), written with the input's exact geometry.
 
-Each model uses the preprocessing recorded in its own dataset.json. Same batch behaviour as `predict`: progress
-bar, finished volumes skipped, unreadable volumes reported and skipped, --num-parts/--part-id.
+Each model uses the preprocessing recorded in its own dataset.json. Same batch behaviour and data safety as
+`predict`: progress bar, -o checked (writable; not the input folder, inside or holding it, nor inside a model
+folder) before the models are loaded, checkpoints checked to hold data only, unreadable volumes and volumes whose
+names map to one case named and skipped (exit 1), finished volumes skipped only when their mask records this very
+input, command and both models (SHA-256s in the mask's NIfTI header; other masks are named and kept unless
+--overwrite), --num-parts/--part-id.
 
 example:
   nnunet-qpg predict-kits19 -i ct_volumes/ -o kits19_masks/ \\
@@ -16,15 +20,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nnunet_qpg.volume_batch import add_batch_arguments, default_device, run_prediction_batch
+from nnunet_qpg.volume_batch import add_batch_arguments, fold_argument, run_prediction_batch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_arguments(parser)
     parser.add_argument("--kidney-model", type=Path, required=True, help="model folder trained on --task kidney")
     parser.add_argument("--tumor-model", type=Path, required=True, help="model folder trained on --task tumor")
-    parser.add_argument("--kidney-folds", nargs="+", default=None, help="folds of the kidney model (default: all)")
-    parser.add_argument("--tumor-folds", nargs="+", default=None, help="folds of the tumour model (default: all)")
+    parser.add_argument("--kidney-folds", nargs="+", type=fold_argument, default=None,
+                        help="folds of the kidney model: integers or 'all' (default: all trained folds)")
+    parser.add_argument("--tumor-folds", nargs="+", type=fold_argument, default=None,
+                        help="folds of the tumour model: integers or 'all' (default: all trained folds)")
 
 
 def _check_task(preprocessing, expected: str, folder: Path, option: str) -> None:
@@ -34,20 +40,24 @@ def _check_task(preprocessing, expected: str, folder: Path, option: str) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_qpg.inference import SlicePreprocessing, load_predictor
+    from nnunet_qpg.inference import SlicePreprocessing, choose_model, load_predictor
     from nnunet_qpg.two_stage import predict_kits19_volume
 
-    def make_predict():
-        device = default_device(args.device)
+    def setup(device: str):
         kidney_preprocessing = SlicePreprocessing.from_model_folder(args.kidney_model)
         tumor_preprocessing = SlicePreprocessing.from_model_folder(args.tumor_model)
         _check_task(kidney_preprocessing, "kidney", args.kidney_model, "--kidney-model")
         _check_task(tumor_preprocessing, "tumor", args.tumor_model, "--tumor-model")
-        kidney = load_predictor(args.kidney_model, args.kidney_folds, device, args.checkpoint,
-                                use_mirroring=not args.disable_tta)
-        tumor = load_predictor(args.tumor_model, args.tumor_folds, device, args.checkpoint,
-                               use_mirroring=not args.disable_tta)
-        return lambda volume, tick: predict_kits19_volume(volume, kidney, kidney_preprocessing, tumor,
-                                                          tumor_preprocessing, tick)
+        kidney_choice = choose_model(args.kidney_model, args.kidney_folds, args.checkpoint, option="--kidney-model")
+        tumor_choice = choose_model(args.tumor_model, args.tumor_folds, args.checkpoint, option="--tumor-model")
 
-    return run_prediction_batch("predict-kits19", args, make_predict)
+        def load():
+            mirroring = not args.disable_tta
+            kidney = load_predictor(kidney_choice, device=device, use_mirroring=mirroring)
+            tumor = load_predictor(tumor_choice, device=device, use_mirroring=mirroring)
+            return lambda volume, tick: predict_kits19_volume(volume, kidney, kidney_preprocessing, tumor,
+                                                              tumor_preprocessing, tick)
+
+        return load, [*kidney_choice.files, *tumor_choice.files]
+
+    return run_prediction_batch("predict-kits19", args, setup, models=[args.kidney_model, args.tumor_model])
