@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
 from nnunet_qpg.image_reading import UnreadableImageError, read_image
-from nnunet_qpg.inference import case_name, list_volumes
+from nnunet_qpg.inference import files_by_case
 from nnunet_qpg.metrics import foreground, mean_and_std, overlap_scores, slice_scores
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "format_table",
     "geometry_difference",
     "ground_truth_files",
-    "files_by_case",
     "pair_files",
 ]
 
@@ -104,22 +103,6 @@ class Pairing:
 
     def files(self) -> list[Path]:
         return [path for pair in self.pairs.values() for path in pair]
-
-
-def files_by_case(folder: Path, kits19_file: str | None = None) -> dict[str, list[Path]]:
-    """case name -> the NIfTI file(s) of a flat folder (and ``case_*/kits19_file`` of a KiTS19 data folder).
-
-    More than one file per case (``a.nii`` and ``a.nii.gz``, or ``a.nii.gz`` and ``a_0000.nii.gz``) is kept as a
-    list so callers can refuse the case instead of silently taking one of them.
-    """
-    grouped: dict[str, list[Path]] = {}
-    for path in list_volumes(folder):
-        grouped.setdefault(case_name(path), []).append(path)
-    if kits19_file:
-        for case_dir in sorted(folder.glob("case_*")):
-            if (case_dir / kits19_file).is_file():
-                grouped.setdefault(case_dir.name, []).append(case_dir / kits19_file)
-    return grouped
 
 
 def ground_truth_files(folder: Path) -> dict[str, Path]:

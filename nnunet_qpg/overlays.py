@@ -25,7 +25,7 @@ from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_directio
 from nnunet_qpg.evaluation import geometry_difference, ground_truth_files
 from nnunet_qpg.figures import KITS19_LABEL_NAMES, save_overlay_figure
 from nnunet_qpg.image_reading import UnreadableImageError, read_image
-from nnunet_qpg.inference import case_files, case_name, list_volumes
+from nnunet_qpg.inference import collision_problem, files_by_case
 from nnunet_qpg.metrics import overlap_scores
 
 
@@ -33,10 +33,19 @@ class OverlayError(Exception):
     """Inputs that cannot be drawn; the message names the folder or file."""
 
 
+def _unique_case_files(folder: Path, kits19_file: str | None = None) -> dict[str, Path]:
+    """case name -> file; several files of one case name are an error naming them (never one picked silently)."""
+    grouped = files_by_case(folder, kits19_file)
+    collisions = [collision_problem(case, paths) for case, paths in sorted(grouped.items()) if len(paths) > 1]
+    if collisions:
+        raise OverlayError(f"in {folder}: " + "; ".join(collisions))
+    return {case: paths[0] for case, paths in grouped.items()}
+
+
 def _image_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise OverlayError(f"{folder} is not a folder of images")
-    return case_files(folder, "imaging.nii.gz")
+    return _unique_case_files(folder, "imaging.nii.gz")
 
 
 def label_names_of(folder: Path) -> dict[int, str] | None:
@@ -113,7 +122,7 @@ def plan_overlays(images: Path, ground_truth: Path | None, predictions: dict[str
         if not folder.is_dir():
             raise OverlayError(f"{folder} (prediction {name!r}) is not a folder")
         names[name] = label_names_of(folder) or truth_names
-        predicted[name] = {case_name(path): path for path in list_volumes(folder)}
+        predicted[name] = _unique_case_files(folder)
     common = sorted(set(image_files).intersection(*(set(p) for p in predicted.values())))
     if ground_truth:
         common = [case for case in common if case in truth_files]

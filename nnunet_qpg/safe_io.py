@@ -270,17 +270,18 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     try:
         with torch.serialization.safe_globals(_allowed_checkpoint_globals()):
             content = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        needed = _unsafe_globals(path)
-        raise UnsafeCheckpointError(
-            f"{path} is not a plain nnU-Net checkpoint: loading it would need the pickled object(s) "
-            f"{', '.join(needed) if needed else str(error).splitlines()[0]}, which could run code. nnunet-qpg only "
-            f"opens checkpoints that hold data (weights, numbers, strings). If you made this file yourself and trust "
-            f"it, re-save it from its network's state_dict."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise UnsafeCheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({str(error).splitlines()[0]}); "
-                                    f"is the file complete? Copy or train it again.") from None
+    except Exception as error:  # torch raises many kinds for files that are no checkpoint at all
+        needed = _unsafe_globals(path) if isinstance(error, pickle.UnpicklingError) else []
+        if needed:
+            raise UnsafeCheckpointError(
+                f"{path} is not a plain nnU-Net checkpoint: loading it would need the pickled object(s) "
+                f"{', '.join(needed)}, which could run code. nnunet-qpg only opens checkpoints that hold data "
+                f"(weights, numbers, strings). If you made this file yourself and trust it, re-save it from its "
+                f"network's state_dict."
+            ) from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsafeCheckpointError(f"{path} cannot be read as a PyTorch checkpoint ({reason[:200]}); is the file "
+                                    f"complete? Copy or train it again.") from None
     if not isinstance(content, dict) or "network_weights" not in content:
         raise UnsafeCheckpointError(f"{path} is not an nnU-Net checkpoint (no 'network_weights'); give a "
                                     f"fold_X/checkpoint_*.pth written by nnUNetv2_train")

@@ -177,6 +177,12 @@ def test_truncated_or_foreign_checkpoints_are_named(tmp_path):
         load_checkpoint(tmp_path / "other.pth")
     with pytest.raises(UnsafeCheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 12)  # neither a zip nor a pickle
+    (tmp_path / "text.pth").write_text("hello world")
+    for name in ("noise.pth", "text.pth"):
+        with pytest.raises(UnsafeCheckpointError, match=f"{name} cannot be read as a PyTorch checkpoint") as error:
+            load_checkpoint(tmp_path / name)
+        assert "pickled object" not in str(error.value)
 
 
 # -- the image reader ---------------------------------------------------------------------------------------------
