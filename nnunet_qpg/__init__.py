@@ -1,7 +1,7 @@
 """nnunet-qpg: Quantum Parameter Generation (HQC-TF, Sun et al., Sci. Rep. 2026) for nnU-Net v2 convolutions.
 
-    from nnunet_qpg import apply_qpg, bake
-    report = apply_qpg(network, targets=["decoder.seg_layers.*"], mode="replace", post="lpp", blocks=1)
+    from nnunet_qpg import QPGConfig, apply_qpg, bake
+    report = apply_qpg(network, QPGConfig(targets=("decoder.seg_layers.*",), mode="replace", post="lpp", blocks=1))
     print(report.table())
     ...train...
     bake(network)  # plain convolutions carrying the generated kernels
@@ -10,6 +10,7 @@
 __version__ = "0.1.0"
 
 _LAZY = {
+    "QPGConfig": "nnunet_qpg.config",
     "apply_qpg": "nnunet_qpg.surgery",
     "bake": "nnunet_qpg.surgery",
     "find_layers": "nnunet_qpg.surgery",

@@ -97,8 +97,9 @@ class QPGConfig:
         set_(self, "mode", mode)
         post = str(self.post).lower()
         if post not in POSTS:
-            raise QPGConfigError(f"unknown post-processing {self.post!r} (paper Eqs. 3-5); accepted: "
-                                 + "; ".join(f"'{k}' ({v})" for k, v in POSTS.items()))
+            raise QPGConfigError(f"unknown post-processing {self.post!r}; accepted: "
+                                 + ", ".join(repr(k) for k in POSTS) + " (paper Eqs. 3-5: "
+                                 + "; ".join(f"{k}: {v}" for k, v in POSTS.items()) + ")")
         set_(self, "post", post)
         _positive_int("blocks", self.blocks, "circuit blocks K of Eq. 1; the paper uses 1")
         _positive_int("rank", self.rank, "the LoRA rank r")

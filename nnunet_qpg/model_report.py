@@ -117,8 +117,9 @@ def strategy_of(settings: dict | None) -> str:
         return "classical"
     qpg = settings["qpg"]
     mode = qpg.get("mode", "?")
-    if mode == "lora":
-        return f"ConvLoRA r={qpg.get('settings', {}).get('r', '?')}"
+    if mode == "lora":  # the QPGConfig field is "rank"; files written before QPGConfig say "r"
+        rank = qpg.get("settings", {}).get("rank", qpg.get("settings", {}).get("r", "?"))
+        return f"ConvLoRA r={rank}"
     post = str(qpg.get("settings", {}).get("post", "?")).upper()
     name = {"replace": "QPGConv", "adapter": "QPGAConv"}.get(mode, mode)
     return f"{name} {post}, {len(qpg.get('layers', []))} layer(s)"

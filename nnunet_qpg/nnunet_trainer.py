@@ -1,12 +1,19 @@
 """nnU-Net v2 trainer machinery for QPG: the base class every trainer in ``trainers/`` configures.
 
-A trainer is a subclass that sets class attributes only (PEFT / nnU-Net variant style)::
+A trainer is a subclass that sets one class attribute, its :class:`~nnunet_qpg.config.QPGConfig` (PEFT's
+``LoraConfig`` / nnU-Net variant style)::
 
     class nnUNetTrainerQPG(nnUNetTrainerQPGBase):
-        qpg_targets = ("decoder.seg_layers.*",)   # glob patterns over canonical module names
-        qpg_mode = "replace"                      # QPGConv, Eqs. (6), (8)
-        qpg_post = "lpp"                          # post-processing, Eqs. (3)-(5): rce | lpp | sst
-        qpg_blocks = 1                            # K circuit blocks, Eq. (1)
+        qpg_config = QPGConfig(
+            targets=("decoder.seg_layers.*",),  # glob patterns over canonical module names
+            mode="replace",                     # QPGConv, Eqs. (6), (8)
+            post="lpp",                         # post-processing, Eqs. (3)-(5): rce | lpp | sst
+            blocks=1,                           # K circuit blocks, Eq. (1)
+        )
+
+The base holds only when and where to swap (below); schedule numbers come from :class:`ScheduleSettings` and the
+paper's optimizer from the :class:`PaperProtocol` variant hook. Trainer files in the earlier attribute form
+(``qpg_targets = (...)``, ``qpg_mode = ...``) still work (:meth:`nnUNetTrainerQPGBase.resolved_qpg_config`).
 
 The configuration lives in the class because ``nnUNetv2_predict`` rebuilds the network from the trainer name
 stored in the checkpoint, calling ``build_network_architecture`` on the CLASS (SPEC section 5). That method is
@@ -40,7 +47,7 @@ Parameter table and settings file
 ---------------------------------
 At the swap the log shows :meth:`QPGReport.table` (classic vs QPG parameters per layer, trainable totals before
 and after), and rank 0 writes ``qpg_settings.json`` beside the checkpoints (the fold's output folder) with the
-trainer name, the report (:meth:`QPGReport.to_dict`) and the training schedule.
+trainer name, its QPGConfig as is (``qpg_config``), the report (:meth:`QPGReport.to_dict`) and the schedule.
 """
 
 from __future__ import annotations
@@ -58,16 +65,20 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_qpg.accounting import QPGReport, count_trainable
-from nnunet_qpg.postprocessing import POST_PROCESSING
+from nnunet_qpg.config import QPGConfig, QPGConfigError
 from nnunet_qpg.safe_io import write_json_atomically
-from nnunet_qpg.surgery import MODES, apply_qpg, find_layers, mark_only_adapters_trainable
+from nnunet_qpg.surgery import apply_qpg, find_layers, find_modules
 
 __all__ = [
     "SETTINGS_FILE",
     "ConstantLRScheduler",
+    "LEGACY_ATTRIBUTES",
     "PaperProtocol",
+    "QPGConfig",
+    "ScheduleSettings",
     "check_pretrained_weights",
     "nnUNetTrainerQPGBase",
+    "paper_optimizer",
     "pretrained_weights_argument",
     "qpg_settings_of",
     "swap_network",
@@ -118,46 +129,22 @@ class ConstantLRScheduler(torch.optim.lr_scheduler._LRScheduler):
             group["lr"] = self.initial_lr
 
 
-class nnUNetTrainerQPGBase(nnUNetTrainer):
-    """nnUNetTrainer that places QPG / adapter / LoRA layers on the convolutions named by ``qpg_targets``.
+class ScheduleSettings:
+    """Mixin: class attributes that override nnU-Net's schedule numbers (``None`` keeps nnU-Net's default).
 
-    Class attributes (the whole configuration; subclasses override them):
-
-    * ``qpg_targets``: glob patterns over canonical module names; empty = classical training (nothing swapped).
-      ``decoder.*`` selects decoder convolutions only (the decoder's ``encoder`` alias is not canonical).
-    * ``qpg_mode``: ``"replace"`` (QPGConv, Eqs. 6/8), ``"adapter"`` (QPGAConv, Eqs. 7/9) or ``"lora"`` (ConvLoRA).
-    * ``qpg_post`` (``rce``/``lpp``/``sst``, Eqs. 3-5), ``qpg_blocks`` (K), ``qpg_lora_rank``, ``qpg_lora_alpha``,
-      ``qpg_start_at_base``, ``qpg_train_bias``: passed to :func:`nnunet_qpg.surgery.apply_qpg`.
-    * ``qpg_train_only``: ``None`` keeps every other parameter trainable (the paper's full-parameter scenario);
-      a tuple of patterns freezes everything except the QPG / LoRA parameters and the matched modules
-      (:func:`mark_only_adapters_trainable`, the PEFT scenario; e.g. ``("decoder.seg_layers.*",)``).
-    * Schedule (``None`` keeps nnU-Net's default): ``schedule_epochs``, ``schedule_iterations_per_epoch``,
-      ``schedule_val_iterations_per_epoch``, ``schedule_initial_lr``, ``schedule_weight_decay`` and
-      ``schedule_optimizer``: ``"sgd"`` (nnU-Net: SGD, Nesterov, poly LR) or ``"adam_constant"`` (the paper:
-      Adam, no LR scheduler).
+    ``schedule_epochs``, ``schedule_iterations_per_epoch``, ``schedule_val_iterations_per_epoch``,
+    ``schedule_initial_lr``, ``schedule_weight_decay``. Works on any nnUNetTrainer (put it before it).
     """
-
-    qpg_targets: tuple[str, ...] = ()
-    qpg_mode: str = "replace"
-    qpg_post: str = "lpp"
-    qpg_blocks: int = 1
-    qpg_lora_rank: int = 8
-    qpg_lora_alpha: float | None = None
-    qpg_start_at_base: bool = False
-    qpg_train_bias: bool = False
-    qpg_train_only: tuple[str, ...] | None = None
 
     schedule_epochs: int | None = None
     schedule_iterations_per_epoch: int | None = None
     schedule_val_iterations_per_epoch: int | None = None
     schedule_initial_lr: float | None = None
     schedule_weight_decay: float | None = None
-    schedule_optimizer: str = "sgd"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        type(self).check_qpg_settings()
+        super().__init__(plans, configuration, fold, dataset_json, device)  # type: ignore[call-arg]
         for attribute, nnunet_name in (("schedule_epochs", "num_epochs"),
                                        ("schedule_iterations_per_epoch", "num_iterations_per_epoch"),
                                        ("schedule_val_iterations_per_epoch", "num_val_iterations_per_epoch"),
@@ -166,6 +153,46 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
             value = getattr(self, attribute)
             if value is not None:
                 setattr(self, nnunet_name, value)
+
+
+# Today's attribute form (trainer files written before QPGConfig): attribute -> QPGConfig field
+LEGACY_ATTRIBUTES = {
+    "qpg_targets": "targets",
+    "qpg_mode": "mode",
+    "qpg_post": "post",
+    "qpg_blocks": "blocks",
+    "qpg_lora_rank": "rank",
+    "qpg_lora_alpha": "alpha",
+    "qpg_start_at_base": "start_at_base",
+    "qpg_train_bias": "train_bias",
+    "qpg_train_only": "train_only",
+}
+
+
+class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
+    """nnUNetTrainer that places QPG / adapter / LoRA layers where its ``qpg_config`` says.
+
+    One class attribute configures a trainer (PEFT's ``LoraConfig`` style)::
+
+        class nnUNetTrainerQPGMine(nnUNetTrainerQPGBase):
+            qpg_config = QPGConfig(targets=("encoder.stages.4.*",), mode="adapter",
+                                   train_only=("decoder.seg_layers.*",))
+
+    ``qpg_config`` None (the base) means classical training. Trainer files in the earlier attribute form
+    (``qpg_targets``, ``qpg_mode``, ``qpg_post``, ``qpg_blocks``, ``qpg_lora_rank``, ``qpg_lora_alpha``,
+    ``qpg_start_at_base``, ``qpg_train_bias``, ``qpg_train_only``) keep working: along the class hierarchy, from
+    the base down, a ``qpg_config`` replaces what came before and such attributes change single fields of it
+    (:meth:`resolved_qpg_config`). Schedule numbers come from :class:`ScheduleSettings`; the paper's optimizer
+    from :class:`PaperProtocol`.
+    """
+
+    qpg_config: QPGConfig | None = None
+    records_qpg_settings = True  # this trainer writes qpg_settings.json itself (see PaperProtocol)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        type(self).resolved_qpg_config()
         self.qpg_report: QPGReport | None = None
         self._qpg_swapped = False
 
@@ -183,23 +210,29 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
         return f"{cls.__name__} ({defined_in})" if defined_in else cls.__name__
 
     @classmethod
+    def resolved_qpg_config(cls) -> QPGConfig:
+        """This trainer's QPGConfig (validated); ``ValueError`` naming the trainer, its file and the setting."""
+        config = QPGConfig()
+        for klass in reversed(cls.__mro__):
+            own = vars(klass)
+            if own.get("qpg_config") is not None:
+                config = own["qpg_config"]
+                if not isinstance(config, QPGConfig):
+                    raise ValueError(f"{cls._where()}: qpg_config must be a QPGConfig(...), got "
+                                     f"{type(config).__name__}")
+            for attribute, field_name in LEGACY_ATTRIBUTES.items():
+                if attribute in own:
+                    try:
+                        config = config.replace(**{field_name: own[attribute]})
+                    except QPGConfigError as error:
+                        raise ValueError(f"{cls._where()}: {attribute}={own[attribute]!r} is not valid: "
+                                         f"{error}") from None
+        return config
+
+    @classmethod
     def check_qpg_settings(cls) -> None:
         """Raise ``ValueError`` naming the trainer and its file when a setting is not one the library knows."""
-        if isinstance(cls.qpg_targets, str):
-            raise ValueError(f"{cls._where()}: qpg_targets must be a tuple of patterns, e.g. "
-                             f"({cls.qpg_targets!r},), not a string")
-        if cls.qpg_mode not in MODES:
-            raise ValueError(f"{cls._where()}: unknown qpg_mode {cls.qpg_mode!r}; set it to one of "
-                             + ", ".join(repr(m) for m in MODES))
-        if cls.qpg_mode != "lora" and str(cls.qpg_post).lower() not in POST_PROCESSING:
-            raise ValueError(f"{cls._where()}: unknown post-processing strategy qpg_post={cls.qpg_post!r}; set it to "
-                             f"one of {', '.join(repr(p) for p in POST_PROCESSING)} (paper Eqs. 3-5)")
-        if not isinstance(cls.qpg_blocks, int) or cls.qpg_blocks < 1:
-            raise ValueError(f"{cls._where()}: qpg_blocks must be an integer >= 1 (the paper uses 1), "
-                             f"got {cls.qpg_blocks!r}")
-        if cls.schedule_optimizer not in ("sgd", "adam_constant"):
-            raise ValueError(f"{cls._where()}: unknown schedule_optimizer {cls.schedule_optimizer!r}; "
-                             "use 'sgd' (nnU-Net's default) or 'adam_constant' (the paper's protocol)")
+        cls.resolved_qpg_config()
 
     @classmethod
     def build_plain_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -215,32 +248,28 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
 
         Errors name the trainer, its file, the pattern and the network's convolutions.
         """
-        cls.check_qpg_settings()
-        if not cls.qpg_targets:
+        config = cls.resolved_qpg_config()
+        if config.is_classical:
             return None
         try:
-            report = apply_qpg(network, targets=list(cls.qpg_targets), mode=cls.qpg_mode, post=cls.qpg_post,
-                               blocks=cls.qpg_blocks, r=cls.qpg_lora_rank, alpha=cls.qpg_lora_alpha,
-                               start_at_base=cls.qpg_start_at_base, train_bias=cls.qpg_train_bias)
-            if cls.qpg_train_only is not None:
-                find_layers_or_modules(network, cls.qpg_train_only)
-                report.trainable_after = mark_only_adapters_trainable(network, also_train=cls.qpg_train_only)
+            return apply_qpg(network, config)
         except ValueError as error:
-            raise ValueError(f"{cls._where()}: {error}\nFix the trainer's qpg_targets / qpg_train_only.") from error
-        report.settings.update(train_only=None if cls.qpg_train_only is None else list(cls.qpg_train_only))
-        return report
+            raise ValueError(f"{cls._where()}: {error}\nFix the trainer's qpg_config targets / train_only "
+                             f"(qpg_targets / qpg_train_only in the attribute form).") from error
 
     @classmethod
     def check_targets(cls, network: nn.Module) -> None:
         """Fail now, before any training, if a pattern matches nothing in the planned (plain) network."""
-        if not cls.qpg_targets:
+        config = cls.resolved_qpg_config()
+        if config.is_classical:
             return
         try:
-            find_layers(network, list(cls.qpg_targets))
-            if cls.qpg_train_only is not None:
-                find_layers_or_modules(network, cls.qpg_train_only)
+            find_layers(network, config.targets)
+            if config.train_only is not None:
+                find_modules(network, config.train_only)
         except ValueError as error:
-            raise ValueError(f"{cls._where()}: {error}\nFix the trainer's qpg_targets / qpg_train_only.") from error
+            raise ValueError(f"{cls._where()}: {error}\nFix the trainer's qpg_config targets / train_only "
+                             f"(qpg_targets / qpg_train_only in the attribute form).") from error
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -308,11 +337,9 @@ class nnUNetTrainerQPGBase(nnUNetTrainer):
         return (p for p in self.network.parameters() if p.requires_grad)
 
     def configure_optimizers(self):
-        if self.schedule_optimizer == "adam_constant":
-            optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.initial_lr,
-                                         weight_decay=self.weight_decay)
-            return optimizer, ConstantLRScheduler(optimizer, self.initial_lr)
-        if self._qpg_swapped or self.qpg_train_only is not None:
+        if getattr(self, "schedule_optimizer", "sgd") == "adam_constant":  # the attribute form of PaperProtocol
+            return paper_optimizer(self)
+        if self._qpg_swapped or self.resolved_qpg_config().train_only is not None:
             # Frozen base kernels stay out of the optimizer (and its state in the checkpoint).
             from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
@@ -370,39 +397,51 @@ def check_pretrained_weights(network: nn.Module, path: str, where: str = "") -> 
                          f"segmentation heads).")
 
 
-def find_layers_or_modules(network: nn.Module, patterns) -> None:
-    """Raise ``ValueError`` if one of ``patterns`` (e.g. ``qpg_train_only``) names no module at all."""
-    from nnunet_qpg.surgery import _conv_listing, _matches
-
-    names = [name for name, _ in network.named_modules()]
-    for pattern in patterns:
-        if not any(_matches(name, pattern) for name in names):
-            raise ValueError(f"pattern {pattern!r} matches no module. {_conv_listing(network)}")
+def paper_optimizer(trainer: nnUNetTrainer) -> tuple[torch.optim.Optimizer, ConstantLRScheduler]:
+    """The paper's optimizer: Adam over the trainable parameters (frozen base kernels stay out), no schedule."""
+    parameters = (p for p in trainer.network.parameters() if p.requires_grad)
+    optimizer = torch.optim.Adam(parameters, lr=trainer.initial_lr, weight_decay=trainer.weight_decay)
+    return optimizer, ConstantLRScheduler(optimizer, trainer.initial_lr)
 
 
-class PaperProtocol:
-    """Mixin with the paper's training protocol: Adam, lr 1e-3, weight decay 5e-4, no LR scheduler, 20 epochs.
+class PaperProtocol(ScheduleSettings):
+    """The paper's training protocol as a variant hook: Adam, lr 1e-3, weight decay 5e-4, no LR schedule, 20 epochs.
 
-    Put it first: ``class nnUNetTrainerQPG_Paper(PaperProtocol, nnUNetTrainerQPG)``. nnU-Net's default is
-    1000 epochs of 250 iterations (SGD, poly LR); iterations per epoch stay nnU-Net's.
+    Like nnU-Net's ``nnUNetTrainerVanillaAdam`` it overrides ``configure_optimizers`` only (plus the schedule
+    numbers), so it fits any trainer; put it first: ``class nnUNetTrainer_Paper(PaperProtocol, nnUNetTrainer)``,
+    ``class nnUNetTrainerQPG_Paper(PaperProtocol, nnUNetTrainerQPG)``. Iterations per epoch stay nnU-Net's.
+    A classical trainer with this protocol also writes ``qpg_settings.json`` (nothing swapped, its trainable
+    parameters and schedule), so ``nnunet-qpg report`` lists it beside the QPG models.
     """
 
     schedule_epochs: int | None = 20
-    schedule_optimizer: str = "adam_constant"
     schedule_initial_lr: float | None = 1e-3
     schedule_weight_decay: float | None = 5e-4
+    schedule_optimizer = "adam_constant"  # recorded in qpg_settings.json
+
+    def configure_optimizers(self):
+        return paper_optimizer(self)  # type: ignore[arg-type]
+
+    def on_train_start(self) -> None:
+        super().on_train_start()  # type: ignore[misc]
+        if not getattr(self, "records_qpg_settings", False) and self.local_rank == 0:  # type: ignore[attr-defined]
+            write_json_atomically(os.path.join(self.output_folder, SETTINGS_FILE),  # type: ignore[attr-defined]
+                                  qpg_settings_of(self, unwrap_network(self.network)))  # type: ignore[attr-defined]
 
 
-def qpg_settings_of(trainer: nnUNetTrainerQPGBase, module: nn.Module) -> dict:
-    """The JSON written beside the checkpoints: trainer, QPG report, trainable totals and schedule."""
-    report = trainer.qpg_report.to_dict() if trainer.qpg_report is not None else None
+def qpg_settings_of(trainer: nnUNetTrainer, module: nn.Module) -> dict:
+    """The JSON written beside the checkpoints: trainer, its QPGConfig as is, the QPG report (None when nothing
+    is swapped), trainable totals and schedule."""
+    report = getattr(trainer, "qpg_report", None)
+    config = trainer.resolved_qpg_config() if isinstance(trainer, nnUNetTrainerQPGBase) else QPGConfig()
     return {
         "trainer": type(trainer).__name__,
-        "qpg": report,
+        "qpg_config": config.to_dict(),
+        "qpg": report.to_dict() if report is not None else None,
         "trainable_parameters": count_trainable(module),
         "total_parameters": sum(p.numel() for p in module.parameters()),
         "schedule": {
-            "optimizer": trainer.schedule_optimizer,
+            "optimizer": getattr(trainer, "schedule_optimizer", "sgd"),
             "num_epochs": trainer.num_epochs,
             "num_iterations_per_epoch": trainer.num_iterations_per_epoch,
             "initial_lr": trainer.initial_lr,

@@ -67,3 +67,17 @@ def test_train_only_in_the_config_freezes_all_but_the_adapters_and_the_named_mod
     assert report.trainable_after == sum(p.numel() for p in model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="'nowhere.*' matches no module"):
         apply_qpg(plain_conv_unet(), QPGConfig(targets=("encoder.stages.1.*",), train_only=("nowhere.*",)))
+
+
+def test_report_reads_settings_files_of_both_forms():
+    from nnunet_qpg.model_report import strategy_of
+
+    # qpg_settings.json "qpg" entries as the trainers wrote them before QPGConfig ("r") and now ("rank", all fields)
+    before = {"qpg": {"mode": "lora", "layers": [{}] * 3,
+                      "settings": {"targets": ["encoder.*"], "mode": "lora", "r": 16, "alpha": 16, "train_bias": False}}}
+    now = {"qpg_config": QPGConfig(targets=("encoder.*",), mode="lora", rank=16).to_dict(),
+           "qpg": {"mode": "lora", "layers": [{}] * 3,
+                   "settings": QPGConfig(targets=("encoder.*",), mode="lora", rank=16).to_dict()}}
+    assert strategy_of(before) == strategy_of(now) == "ConvLoRA r=16"
+    qpg = {"qpg": {"mode": "replace", "layers": [{}] * 6, "settings": QPGConfig(targets=("x",), post="sst").to_dict()}}
+    assert strategy_of(qpg) == "QPGConv SST, 6 layer(s)" and strategy_of({"qpg": None}) == "classical"

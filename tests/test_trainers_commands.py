@@ -26,8 +26,10 @@ def _import_as_top_level(path: Path, name: str):
 
 
 def _trainer_classes(module) -> list[type]:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
     return [c for _, c in inspect.getmembers(module, inspect.isclass)
-            if issubclass(c, nnUNetTrainerQPGBase) and c.__module__ == module.__name__]
+            if issubclass(c, nnUNetTrainer) and c.__module__ == module.__name__]
 
 
 @pytest.mark.parametrize("path", TRAINER_FILES, ids=lambda p: p.stem)
@@ -39,7 +41,8 @@ def test_trainer_files_stand_alone(path: Path) -> None:
     assert path.stem in {c.__name__ for c in classes}, "the file is named after its main class"
     for trainer in classes:
         assert issubclass(trainer, nnUNetTrainer)
-        trainer.check_qpg_settings()
+        if issubclass(trainer, nnUNetTrainerQPGBase):
+            trainer.check_qpg_settings()
         # nnU-Net and its predictor tell the new signature by this parameter name
         assert "plans_manager" in inspect.signature(trainer.build_network_architecture).parameters
         assert trainer.__doc__
@@ -58,15 +61,37 @@ def test_paper_protocol_and_placements() -> None:
     qpg = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerQPG.py", "t_qpg")
     qpga = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerQPGA.py", "t_qpga")
     lora = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerConvLoRA.py", "t_lora")
+    classical = _import_as_top_level(REPO / "trainers" / "nnUNetTrainer_Paper.py", "t_paper").nnUNetTrainer_Paper
     paper = qpg.nnUNetTrainerQPG_Paper
-    assert issubclass(paper, PaperProtocol) and paper.qpg_targets == qpg.nnUNetTrainerQPG.qpg_targets
-    assert (paper.schedule_optimizer, paper.schedule_initial_lr, paper.schedule_weight_decay,
-            paper.schedule_epochs) == ("adam_constant", 1e-3, 5e-4, 20)
-    assert qpg.nnUNetTrainerQPG.schedule_optimizer == "sgd" and qpg.nnUNetTrainerQPG.schedule_epochs is None
-    assert [qpg.nnUNetTrainerQPG_RCE.qpg_post, qpg.nnUNetTrainerQPG_SST.qpg_post] == ["rce", "sst"]
-    assert qpga.nnUNetTrainerQPGA.qpg_targets == lora.nnUNetTrainerConvLoRA.qpg_targets
-    assert qpga.nnUNetTrainerQPGA.qpg_train_only == ("decoder.seg_layers.*",)
-    assert lora.nnUNetTrainerConvLoRA.qpg_lora_rank == 8
+    config = qpg.nnUNetTrainerQPG.qpg_config
+    assert issubclass(paper, PaperProtocol) and paper.resolved_qpg_config() == config
+    for protocol in (paper, classical):
+        assert (protocol.schedule_optimizer, protocol.schedule_initial_lr, protocol.schedule_weight_decay,
+                protocol.schedule_epochs) == ("adam_constant", 1e-3, 5e-4, 20)
+    # the classical baseline is stock nnU-Net with the paper's optimizer hook, not the QPG base with no targets
+    assert issubclass(classical, PaperProtocol) and not issubclass(classical, nnUNetTrainerQPGBase)
+    assert not hasattr(qpg.nnUNetTrainerQPG, "schedule_optimizer") and qpg.nnUNetTrainerQPG.schedule_epochs is None
+    assert (config.targets, config.mode, config.post, config.blocks) == (("decoder.seg_layers.*",), "replace", "lpp", 1)
+    assert [qpg.nnUNetTrainerQPG_RCE.qpg_config.post, qpg.nnUNetTrainerQPG_SST.qpg_config.post] == ["rce", "sst"]
+    assert qpg.nnUNetTrainerQPG_FrozenEncoder.resolved_qpg_config().train_only == ("decoder.*",)
+    assert qpga.nnUNetTrainerQPGA.qpg_config.targets == lora.nnUNetTrainerConvLoRA.qpg_config.targets
+    assert qpga.nnUNetTrainerQPGA.qpg_config.train_only == ("decoder.seg_layers.*",)
+    assert lora.nnUNetTrainerConvLoRA.qpg_config.rank == 8 and lora.nnUNetTrainerConvLoRA_r16.qpg_config.rank == 16
+
+
+def test_the_attribute_form_of_earlier_trainer_files_still_resolves() -> None:
+    from nnunet_qpg.config import QPGConfig
+
+    legacy = type("nnUNetTrainerLegacy", (nnUNetTrainerQPGBase,),
+                  {"qpg_targets": ("encoder.*",), "qpg_mode": "lora", "qpg_lora_rank": 4, "qpg_train_only": ()})
+    assert legacy.resolved_qpg_config() == QPGConfig(targets=("encoder.*",), mode="lora", rank=4, train_only=())
+    qpg = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerQPG.py", "t_qpg_legacy")
+    # an attribute in a subclass changes one field of the config it inherits
+    sst = type("nnUNetTrainerQPGMySST", (qpg.nnUNetTrainerQPG,), {"qpg_post": "sst", "qpg_blocks": 2})
+    assert sst.resolved_qpg_config() == qpg.nnUNetTrainerQPG.qpg_config.replace(post="sst", blocks=2)
+    # and a qpg_config further down replaces attributes set above it
+    mine = type("nnUNetTrainerMine", (sst,), {"qpg_config": QPGConfig(targets=("decoder.*",))})
+    assert mine.resolved_qpg_config() == QPGConfig(targets=("decoder.*",))
 
 
 def test_constant_lr_scheduler_keeps_the_rate() -> None:
@@ -79,7 +104,7 @@ def test_constant_lr_scheduler_keeps_the_rate() -> None:
 
 def test_bad_settings_name_the_trainer_and_its_file() -> None:
     bad = type("nnUNetTrainerBadMode", (nnUNetTrainerQPGBase,), {"qpg_targets": ("x",), "qpg_mode": "magic"})
-    with pytest.raises(ValueError, match="nnUNetTrainerBadMode.*unknown qpg_mode 'magic'"):
+    with pytest.raises(ValueError, match="nnUNetTrainerBadMode.*qpg_mode='magic'.*unknown mode 'magic'"):
         bad.check_qpg_settings()
     bad = type("nnUNetTrainerBadPost", (nnUNetTrainerQPGBase,), {"qpg_targets": ("x",), "qpg_post": "fft"})
     with pytest.raises(ValueError, match="qpg_post='fft'.*'rce', 'lpp', 'sst'"):
@@ -106,9 +131,10 @@ def test_new_trainer_writes_an_importable_trainer(tmp_path: Path, capsys) -> Non
     trainer = module.nnUNetTrainerQPGChosen
     # the command that wrote it, recorded as a string (never in a docstring or comment)
     assert shlex.split(module.CREATED_WITH) == ["nnunet-qpg", *argv]
-    assert trainer.qpg_targets == ("decoder.stages.0.*", "encoder.stages.3.*")
-    assert (trainer.qpg_mode, trainer.qpg_post, trainer.qpg_blocks) == ("adapter", "sst", 2)
-    assert trainer.qpg_train_only == ("decoder.seg_layers.*",)  # adapters: heads trained, the rest frozen
+    config = trainer.resolved_qpg_config()
+    assert config.targets == ("decoder.stages.0.*", "encoder.stages.3.*")
+    assert (config.mode, config.post, config.blocks) == ("adapter", "sst", 2)
+    assert config.train_only == ("decoder.seg_layers.*",)  # adapters: heads trained, the rest frozen
     assert issubclass(trainer, PaperProtocol)
 
     assert main(argv) == 1  # exists: refuses without --force
@@ -125,6 +151,32 @@ def test_new_trainer_lora_with_short_schedule(tmp_path: Path) -> None:
     assert main(["new-trainer", "nnUNetTrainerLoRAEnc", "--targets", "encoder.*", "--mode", "lora", "--rank", "4",
                  "--train-only", "--epochs", "3", "--iterations-per-epoch", "10", "-o", str(tmp_path)]) == 0
     trainer = _import_as_top_level(tmp_path / "nnUNetTrainerLoRAEnc.py", "lora_enc").nnUNetTrainerLoRAEnc
-    assert (trainer.qpg_mode, trainer.qpg_lora_rank, trainer.qpg_train_only) == ("lora", 4, ())
+    config = trainer.resolved_qpg_config()
+    assert (config.mode, config.rank, config.train_only) == ("lora", 4, ())
     assert (trainer.schedule_epochs, trainer.schedule_iterations_per_epoch,
             trainer.schedule_val_iterations_per_epoch) == (3, 10, 2)
+
+
+def test_our_commands_find_the_shipped_trainers_without_nnunet_exttrainer(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    own = tmp_path / "my_trainers"
+    assert main(["new-trainer", "nnUNetTrainerMineFound", "--targets", "decoder.seg_layers.*", "-o", str(own)]) == 0
+    plans, dataset_json = REPO / "benchmarks" / "data" / "plans_2d_256x256.json", REPO / "benchmarks" / "data" / "dataset_2d_256x256.json"
+    script = ("import os, sys; from nnunet_qpg.cli import main; code = main(sys.argv[1:]); "
+              "print('EXT=' + os.environ['nnUNet_extTrainer']); sys.exit(code)")
+    for ext_trainer, trainer in ((None, "nnUNetTrainerQPGA"), (str(own), "nnUNetTrainerMineFound"),
+                                 (str(own), "nnUNetTrainerConvLoRA")):
+        env = {key: value for key, value in os.environ.items() if key != "nnUNet_extTrainer"}
+        if ext_trainer:
+            env["nnUNet_extTrainer"] = ext_trainer
+        done = subprocess.run([sys.executable, "-c", script, "info", "--plans", str(plans), "--dataset-json",
+                               str(dataset_json), "-c", "2d", "-tr", trainer], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"{trainer} (" in done.stdout and "trainable" in done.stdout
+        folders = done.stdout.split("EXT=")[1].strip().split(os.pathsep)
+        assert folders[-1] == str(REPO / "trainers") or Path(folders[-1]).name == "trainers"
+        assert folders[:-1] == ([ext_trainer] if ext_trainer else []), "the user's folders stay, first"

@@ -6,40 +6,37 @@ deep-supervision heads stay classical would give the inference path a different 
 losses it shares; swapping all heads keeps them alike and costs a few hundred angles.
 """
 
-from nnunet_qpg.nnunet_trainer import PaperProtocol, nnUNetTrainerQPGBase
+from nnunet_qpg.nnunet_trainer import PaperProtocol, QPGConfig, nnUNetTrainerQPGBase
 
 
 class nnUNetTrainerQPG(nnUNetTrainerQPGBase):
     """QPGConv (Eqs. 6, 8) on every segmentation head, LPP post-processing (Eq. 4), one block: the paper's setting."""
 
-    qpg_targets = ("decoder.seg_layers.*",)
-    qpg_mode = "replace"
-    qpg_post = "lpp"
-    qpg_blocks = 1
+    qpg_config = QPGConfig(targets=("decoder.seg_layers.*",), mode="replace", post="lpp", blocks=1)
 
 
 class nnUNetTrainerQPG_RCE(nnUNetTrainerQPG):
     """Real-part (complex) extraction of the amplitudes (Eq. 3)."""
 
-    qpg_post = "rce"
+    qpg_config = nnUNetTrainerQPG.qpg_config.replace(post="rce")
 
 
 class nnUNetTrainerQPG_LPP(nnUNetTrainerQPG):
     """Linear projection of the probabilities by a small MLP (Eq. 4); same as nnUNetTrainerQPG, named for tables."""
 
-    qpg_post = "lpp"
+    qpg_config = nnUNetTrainerQPG.qpg_config.replace(post="lpp")
 
 
 class nnUNetTrainerQPG_SST(nnUNetTrainerQPG):
     """Shift and scale of the probabilities into [-pi/4, pi/4] (Eq. 5), no extra parameters."""
 
-    qpg_post = "sst"
+    qpg_config = nnUNetTrainerQPG.qpg_config.replace(post="sst")
 
 
 class nnUNetTrainerQPG_FrozenEncoder(nnUNetTrainerQPG):
     """The paper's second scenario: backbone (encoder) frozen, decoder trained, heads by QPG."""
 
-    qpg_train_only = ("decoder.*",)
+    qpg_config = nnUNetTrainerQPG.qpg_config.replace(train_only=("decoder.*",))
 
 
 class nnUNetTrainerQPG_Paper(PaperProtocol, nnUNetTrainerQPG):

@@ -5,17 +5,14 @@ over its frozen pretrained kernel W; only the VQC angles, the LPP post-processin
 classically: nnU-Net does not transfer ``seg_layers`` from pretrained weights, so they start fresh).
 """
 
-from nnunet_qpg.nnunet_trainer import PaperProtocol, nnUNetTrainerQPGBase
+from nnunet_qpg.nnunet_trainer import PaperProtocol, QPGConfig, nnUNetTrainerQPGBase
 
 
 class nnUNetTrainerQPGA(nnUNetTrainerQPGBase):
     """QPGAConv on all encoder / decoder convs but the heads; base kernels frozen, heads trained classically."""
 
-    qpg_targets = ("encoder.*", "decoder.stages.*", "decoder.transpconvs.*")
-    qpg_mode = "adapter"
-    qpg_post = "lpp"
-    qpg_blocks = 1
-    qpg_train_only = ("decoder.seg_layers.*",)
+    qpg_config = QPGConfig(targets=("encoder.*", "decoder.stages.*", "decoder.transpconvs.*"), mode="adapter",
+                           post="lpp", blocks=1, train_only=("decoder.seg_layers.*",))
 
 
 class nnUNetTrainerQPGA_Paper(PaperProtocol, nnUNetTrainerQPGA):

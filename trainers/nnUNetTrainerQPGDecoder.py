@@ -2,16 +2,13 @@
 scalability experiment). ``decoder.*`` does not reach the encoder: PlainConvUNet's decoder also holds the
 encoder as ``decoder.encoder``, but targets match canonical names only."""
 
-from nnunet_qpg.nnunet_trainer import PaperProtocol, nnUNetTrainerQPGBase
+from nnunet_qpg.nnunet_trainer import PaperProtocol, QPGConfig, nnUNetTrainerQPGBase
 
 
 class nnUNetTrainerQPGDecoder(nnUNetTrainerQPGBase):
     """QPGConv (Eqs. 6, 8) on every decoder convolution, LPP, one block."""
 
-    qpg_targets = ("decoder.*",)
-    qpg_mode = "replace"
-    qpg_post = "lpp"
-    qpg_blocks = 1
+    qpg_config = QPGConfig(targets=("decoder.*",), mode="replace", post="lpp", blocks=1)
 
 
 class nnUNetTrainerQPGDecoder_Paper(PaperProtocol, nnUNetTrainerQPGDecoder):

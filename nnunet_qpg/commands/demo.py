@@ -28,7 +28,9 @@ TRAIN_CASES, TEST_CASES = list(range(6)), [180, 181]
 QPG_TRAINER, BASELINE_TRAINER = "nnUNetTrainerQPG_Demo", "nnUNetTrainer_Demo"
 TRAINER_TEMPLATE = '''"""Demo trainers written by `nnunet-qpg demo`: the real trainers on a short schedule."""
 
-from nnunet_qpg.nnunet_trainer import PaperProtocol, nnUNetTrainerQPGBase
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_qpg.nnunet_trainer import PaperProtocol
 from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
 
 
@@ -45,8 +47,8 @@ class {qpg}(DemoSchedule, nnUNetTrainerQPG):
     """nnUNetTrainerQPG: QPGConv (Eqs. 6, 8) on the segmentation heads, LPP, one block; short schedule."""
 
 
-class {baseline}(DemoSchedule, nnUNetTrainerQPGBase):
-    """The classical baseline: nothing swapped (qpg_targets empty), same schedule."""
+class {baseline}(DemoSchedule, nnUNetTrainer):
+    """The classical baseline: stock nnU-Net, same schedule."""
 '''
 
 

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from nnunet_qpg.config import MODES, POSTS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("planned network (one of)")
@@ -34,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "then in this package's trainers")
     override = parser.add_argument_group("override the trainer's settings")
     override.add_argument("--targets", nargs="+", metavar="PATTERN", help="glob patterns over module names")
-    override.add_argument("--mode", choices=("replace", "adapter", "lora"))
-    override.add_argument("--post", choices=("rce", "lpp", "sst"))
+    override.add_argument("--mode", choices=tuple(MODES))
+    override.add_argument("--post", choices=tuple(POSTS))
     override.add_argument("--blocks", type=int)
     override.add_argument("--rank", type=int, help="LoRA rank")
     parser.add_argument("--list", action="store_true", help="list the network's convolutions and stop")
@@ -84,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_qpg.config import QPGConfig
     from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
-    from nnunet_qpg.surgery import conv_listing
+    from nnunet_qpg.surgery import apply_qpg, conv_listing
 
     try:
         plans, dataset_json = _load_plans(args)
@@ -95,21 +98,20 @@ def run(args: argparse.Namespace) -> int:
                              f"{', '.join(plans['configurations'])}")
         configuration_manager = plans_manager.get_configuration(args.configuration)
         trainer = _find_trainer(args.trainer)
-        if not issubclass(trainer, nnUNetTrainerQPGBase):
-            trainer = type(trainer.__name__, (nnUNetTrainerQPGBase,), {})
-        overrides = {key: value for key, value in (("qpg_targets", tuple(args.targets or ()) or None),
-                                                    ("qpg_mode", args.mode), ("qpg_post", args.post),
-                                                    ("qpg_blocks", args.blocks), ("qpg_lora_rank", args.rank))
-                     if value is not None}
-        if overrides:
-            trainer = type(f"{trainer.__name__}_info", (trainer,), overrides)
+        config = trainer.resolved_qpg_config() if issubclass(trainer, nnUNetTrainerQPGBase) else QPGConfig()
+        changes = {name: value for name, value in (("targets", tuple(args.targets) if args.targets else None),
+                                                   ("mode", args.mode), ("post", args.post),
+                                                   ("blocks", args.blocks), ("rank", args.rank))
+                   if value is not None}
+        config = config.replace(**changes)
         num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
         num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        network = trainer.build_plain_network(plans_manager, configuration_manager, num_inputs, num_outputs, True)
+        network = nnUNetTrainerQPGBase.build_plain_network(plans_manager, configuration_manager, num_inputs,
+                                                           num_outputs, True)
         if args.list:
             print(conv_listing(network, limit=10**6))
             return 0
-        report = trainer.apply_qpg_settings(network)
+        report = None if config.is_classical else apply_qpg(network, config)
     except ValueError as error:
         print(f"info: {error}", file=sys.stderr)
         return 2
@@ -121,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(f"{trainer.__name__} on {plans['dataset_name']} {args.configuration} "
+        print(f"{trainer.__name__} ({config.describe()}) on {plans['dataset_name']} {args.configuration} "
               f"({configuration_manager.network_arch_class_name.split('.')[-1]}){os.linesep}{report.table()}")
     return 0

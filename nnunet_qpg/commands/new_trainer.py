@@ -1,6 +1,6 @@
 """Write a trainer file that places QPG (or QPGA adapters, or ConvLoRA) on the convolutions you name.
 
-The file holds one nnUNetTrainer subclass configured by class attributes; put its folder in nnUNet_extTrainer
+The file holds one nnUNetTrainer subclass configured by its qpg_config (a QPGConfig); put its folder in nnUNet_extTrainer
 and train with nnU-Net's own command. Targets are glob patterns over the network's module names; list the names
 of a planned network with `nnunet-qpg info -d ID -c 2d --list`. Patterns and the command line are written as
 string literals only (nnU-Net imports every file of an nnUNet_extTrainer folder, so they must never become code).
@@ -26,12 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MODES = ("replace", "adapter", "lora")
-POSTS = ("rce", "lpp", "sst")
+from nnunet_qpg.config import MODES, POSTS, QPGConfig
+
 HEADS = "decoder.seg_layers.*"
 TRAINER_MODULE = "nnunet_qpg.nnunet_trainer"
 # names the generated module imports or nnU-Net itself defines: a class of that name would shadow them
-RESERVED_NAMES = ("nnUNetTrainer", "nnUNetTrainerQPGBase", "PaperProtocol")
+RESERVED_NAMES = ("nnUNetTrainer", "nnUNetTrainerQPGBase", "PaperProtocol", "QPGConfig")
+IMPORTED = ("QPGConfig",)  # imported before the base classes
 DESCRIPTIONS = {"replace": "QPGConv (Eqs. 6, 8)", "adapter": "QPGAConv adapters (Eqs. 7, 9)", "lora": "ConvLoRA"}
 
 
@@ -39,24 +40,28 @@ class GeneratedSourceError(RuntimeError):
     """The generated trainer source is not exactly the expected data-only module (a bug; nothing is written)."""
 
 
-def trainer_attributes(mode: str = "replace", post: str = "lpp", blocks: int = 1, rank: int = 8,
-                       targets: list[str] | tuple[str, ...] = (), train_only: list[str] | None = None,
-                       epochs: int | None = None, iterations_per_epoch: int | None = None) -> dict[str, Any]:
-    """The class attributes of a generated trainer, in the order they are written (all plain literals)."""
-    attributes: dict[str, Any] = {"qpg_targets": tuple(targets), "qpg_mode": mode}
+def trainer_settings(mode: str = "replace", post: str = "lpp", blocks: int = 1, rank: int = 8,
+                     targets: list[str] | tuple[str, ...] = (), train_only: list[str] | None = None,
+                     epochs: int | None = None, iterations_per_epoch: int | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the QPGConfig keywords, the schedule class attributes) of a generated trainer, in the order they are
+    written; all plain literals. The config is validated here (QPGConfigError for a bad setting)."""
+    config: dict[str, Any] = {"targets": tuple(targets), "mode": mode}
     if mode == "lora":
-        attributes["qpg_lora_rank"] = rank
+        config["rank"] = rank
     else:
-        attributes.update(qpg_post=post, qpg_blocks=blocks)
+        config.update(post=post, blocks=blocks)
     if train_only is not None:
-        attributes["qpg_train_only"] = tuple(train_only)
+        config["train_only"] = tuple(train_only)
+    QPGConfig(**config)
+    schedule: dict[str, Any] = {}
     if epochs is not None:
-        attributes["schedule_epochs"] = epochs
+        schedule["schedule_epochs"] = epochs
     if iterations_per_epoch is not None:
         # nnU-Net validates 50 batches per 250 training batches; keep that ratio.
-        attributes["schedule_iterations_per_epoch"] = iterations_per_epoch
-        attributes["schedule_val_iterations_per_epoch"] = max(1, iterations_per_epoch // 5)
-    return attributes
+        schedule["schedule_iterations_per_epoch"] = iterations_per_epoch
+        schedule["schedule_val_iterations_per_epoch"] = max(1, iterations_per_epoch // 5)
+    return config, schedule
 
 
 def _literal(value: Any) -> str:
@@ -83,26 +88,28 @@ def trainer_source(name: str, targets: list[str], mode: str = "replace", post: s
     if not valid_class_name(name):
         raise ValueError(f"{name!r} is not an ASCII Python identifier")
     bases = ("PaperProtocol", "nnUNetTrainerQPGBase") if paper_schedule else ("nnUNetTrainerQPGBase",)
-    attributes = trainer_attributes(mode, post, blocks, rank, targets, train_only, epochs, iterations_per_epoch)
+    config, schedule = trainer_settings(mode, post, blocks, rank, targets, train_only, epochs, iterations_per_epoch)
+    arguments = ", ".join(f"{key}={_literal(value)}" for key, value in config.items())
     lines = [
         '"""A trainer written by `nnunet-qpg new-trainer` (CREATED_WITH holds its command line).',
         "",
         "Use it with nnUNet_extTrainer pointing at this folder; nnUNetv2_predict rebuilds the same network from",
         "the trainer name stored in the checkpoint, so keep this file where nnU-Net can find it. The settings are",
-        'the class attributes below (see nnunet_qpg.nnunet_trainer.nnUNetTrainerQPGBase)."""',
+        'qpg_config below (a QPGConfig, see nnunet_qpg.config) and the schedule attributes after it."""',
         "",
-        f"from {TRAINER_MODULE} import {', '.join(bases)}",
+        f"from {TRAINER_MODULE} import {', '.join(IMPORTED + bases)}",
         "",
         f"CREATED_WITH = {_literal(command_line)}",
         "",
         "",
         f"class {name}({', '.join(bases)}):",
-        f'    """{DESCRIPTIONS[mode]} on the convolutions that qpg_targets matches."""',
+        f'    """{DESCRIPTIONS[mode]} on the convolutions that qpg_config.targets matches."""',
         "",
-        *(f"    {attribute} = {_literal(value)}" for attribute, value in attributes.items()),
+        f"    qpg_config = QPGConfig({arguments})",
+        *(f"    {attribute} = {_literal(value)}" for attribute, value in schedule.items()),
     ]
     source = "\n".join(lines) + "\n"
-    verify_trainer_source(source, name, bases, attributes, command_line)
+    verify_trainer_source(source, name, bases, config, schedule, command_line)
     return source
 
 
@@ -113,11 +120,12 @@ def _literal_value(node: ast.AST, where: str) -> Any:
         raise GeneratedSourceError(f"{where} is not a literal") from None
 
 
-def verify_trainer_source(source: str, name: str, bases: tuple[str, ...], attributes: dict[str, Any],
-                          command_line: str) -> None:
+def verify_trainer_source(source: str, name: str, bases: tuple[str, ...], config: dict[str, Any],
+                          schedule: dict[str, Any], command_line: str) -> None:
     """Parse ``source`` and check it holds exactly: a docstring, ``from nnunet_qpg.nnunet_trainer import
-    BASES``, ``CREATED_WITH = <command_line>``, and ``class NAME(BASES)`` whose body is a docstring and one
-    literal assignment per attribute, each equal to the intended value. Raise GeneratedSourceError otherwise."""
+    QPGConfig, BASES``, ``CREATED_WITH = <command_line>``, and ``class NAME(BASES)`` whose body is a docstring,
+    ``qpg_config = QPGConfig(<literal keywords equal to config>)`` and one literal assignment per schedule
+    attribute, each equal to the intended value. Raise GeneratedSourceError otherwise."""
     try:
         tree = ast.parse(source)
     except SyntaxError as error:
@@ -133,8 +141,10 @@ def verify_trainer_source(source: str, name: str, bases: tuple[str, ...], attrib
     if not is_docstring(docstring):
         raise GeneratedSourceError("the module does not start with its docstring")
     if not (isinstance(imports, ast.ImportFrom) and imports.module == TRAINER_MODULE and imports.level == 0
-            and [(alias.name, alias.asname) for alias in imports.names] == [(base, None) for base in bases]):
-        raise GeneratedSourceError(f"the second statement is not `from {TRAINER_MODULE} import {', '.join(bases)}`")
+            and [(alias.name, alias.asname) for alias in imports.names]
+            == [(imported, None) for imported in IMPORTED + bases]):
+        raise GeneratedSourceError(f"the second statement is not `from {TRAINER_MODULE} import "
+                                   f"{', '.join(IMPORTED + bases)}`")
     if not (isinstance(created, ast.Assign) and [ast.dump(t) for t in created.targets]
             == [ast.dump(ast.Name("CREATED_WITH", ast.Store()))]
             and _literal_value(created.value, "CREATED_WITH") == command_line):
@@ -145,14 +155,28 @@ def verify_trainer_source(source: str, name: str, bases: tuple[str, ...], attrib
         raise GeneratedSourceError(f"the last statement is not `class {name}({', '.join(bases)})`")
     if not trainer.body or not is_docstring(trainer.body[0]):
         raise GeneratedSourceError("the class does not start with its docstring")
+    if len(trainer.body) < 2 or not _is_config_call(trainer.body[1], config):
+        raise GeneratedSourceError(f"the class does not set qpg_config = QPGConfig(...) with exactly {config!r}")
     assigned: dict[str, Any] = {}
-    for node in trainer.body[1:]:
+    for node in trainer.body[2:]:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise GeneratedSourceError(f"line {node.lineno}: the class body holds something other than assignments")
         target = node.targets[0].id
         assigned[target] = _literal_value(node.value, target)
-    if assigned != attributes or list(assigned) != list(attributes):
-        raise GeneratedSourceError(f"the class attributes {assigned!r} are not the intended {attributes!r}")
+    if assigned != schedule or list(assigned) != list(schedule):
+        raise GeneratedSourceError(f"the class attributes {assigned!r} are not the intended {schedule!r}")
+
+
+def _is_config_call(node: ast.AST, config: dict[str, Any]) -> bool:
+    """``qpg_config = QPGConfig(k=<literal>, ...)``: no positional arguments, keywords equal to ``config``."""
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "qpg_config" and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name) and node.value.func.id == "QPGConfig" and not node.value.args
+            and all(keyword.arg is not None for keyword in node.value.keywords)):
+        return False
+    given = {keyword.arg: _literal_value(keyword.value, f"QPGConfig({keyword.arg}=...)")
+             for keyword in node.value.keywords}
+    return given == config and list(given) == list(config)
 
 
 def valid_class_name(name: str) -> bool:
@@ -187,9 +211,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="class (and file) name, a Python identifier, e.g. nnUNetTrainerQPGBottleneck")
     parser.add_argument("--targets", nargs="+", required=True, metavar="PATTERN",
                         help="glob patterns over module names, e.g. 'decoder.seg_layers.*' 'encoder.stages.4.*'")
-    parser.add_argument("--mode", choices=MODES, default="replace",
+    parser.add_argument("--mode", choices=tuple(MODES), default="replace",
                         help="replace: QPGConv; adapter: QPGAConv over the frozen kernel; lora: ConvLoRA (default: replace)")
-    parser.add_argument("--post", choices=POSTS, default="lpp", help="post-processing, paper Eqs. 3-5 (default: lpp)")
+    parser.add_argument("--post", choices=tuple(POSTS), default="lpp", help="post-processing, paper Eqs. 3-5 (default: lpp)")
     parser.add_argument("--blocks", type=_positive, default=1, help="circuit blocks K (default: 1, the paper's)")
     parser.add_argument("--rank", type=_positive, default=8, help="LoRA rank r for --mode lora (default: 8)")
     parser.add_argument("--train-only", nargs="*", default=None, metavar="PATTERN",

@@ -142,7 +142,8 @@ def test_new_trainer_writes_user_strings_as_data_only(tmp_path, capsys):
 
     trainer = recursive_find_python_class(str(folder), "nnUNetTrainerInjected", current_module=None)
     assert not marker.exists(), "a pattern ran as code when nnU-Net imported the trainer"
-    assert trainer.qpg_targets == tuple(patterns) and trainer.qpg_train_only == tuple(train_only)
+    config = trainer.resolved_qpg_config()
+    assert config.targets == tuple(patterns) and config.train_only == tuple(train_only)
     created_with = sys.modules[trainer.__module__].CREATED_WITH  # the command line, as one string literal
     assert shlex.split(created_with)[4:4 + len(patterns)] == patterns
 
@@ -154,16 +155,18 @@ def test_new_trainer_writes_user_strings_as_data_only(tmp_path, capsys):
 
 
 def test_generated_source_is_verified_before_writing():
-    from nnunet_qpg.commands.new_trainer import (GeneratedSourceError, trainer_attributes, trainer_source,
+    from nnunet_qpg.commands.new_trainer import (GeneratedSourceError, trainer_settings, trainer_source,
                                                  verify_trainer_source)
 
-    source = trainer_source("nnUNetTrainerOk", ["a.*"], command_line="cmd")
-    bases, attributes = ("nnUNetTrainerQPGBase",), trainer_attributes(targets=["a.*"])
-    verify_trainer_source(source, "nnUNetTrainerOk", bases, attributes, "cmd")
-    for tampered in (source + "import os\n", source.replace("qpg_mode = 'replace'", "qpg_mode = str('replace')"),
-                     source.replace("qpg_blocks = 1", "qpg_blocks = 2")):
+    source = trainer_source("nnUNetTrainerOk", ["a.*"], epochs=3, command_line="cmd")
+    bases, (config, schedule) = ("nnUNetTrainerQPGBase",), trainer_settings(targets=["a.*"], epochs=3)
+    verify_trainer_source(source, "nnUNetTrainerOk", bases, config, schedule, "cmd")
+    for tampered in (source + "import os\n", source.replace("mode='replace'", "mode=str('replace')"),
+                     source.replace("blocks=1", "blocks=2"), source.replace("QPGConfig(", "QPGConfig(*[], "),
+                     source.replace("schedule_epochs = 3", "schedule_epochs = 4")):
+        assert tampered != source
         with pytest.raises(GeneratedSourceError):
-            verify_trainer_source(tampered, "nnUNetTrainerOk", bases, attributes, "cmd")
+            verify_trainer_source(tampered, "nnUNetTrainerOk", bases, config, schedule, "cmd")
 
 
 # -- item 7: what these commands write follows the user's umask ---------------------------------------------------
@@ -373,3 +376,18 @@ def test_nnunet_train_with_mismatched_pretrained_weights_prints_shapes(tmp_path_
     assert f"{key}: shape (64, 1, 3, 3) in the pretrained weights, (32, 1, 3, 3) in this network" in done.stderr
     assert "tensor(" not in done.stdout + done.stderr
     assert_unchanged(before, snapshot(model.root), "the shared model")
+
+
+def test_overlay_names_files_that_share_a_case_name_instead_of_picking_one(tmp_path, capsys):
+    images, predictions = tmp_path / "images", tmp_path / "pred"
+    write_mask(images / "a_0000.nii.gz")
+    write_mask(predictions / "a.nii.gz")
+    write_mask(predictions / "a.nii")  # the same case name: which mask is meant?
+    code, _, err = run(["overlay", "--images", str(images), "--prediction", f"m={predictions}", "-o",
+                        str(tmp_path / "figures")], capsys)
+    assert code == 2 and "a.nii, a.nii.gz all map to the case name 'a'" in err
+    write_mask(images / "a.nii.gz")
+    code, _, err = run(["overlay", "--images", str(images), "--prediction", f"m={tmp_path / 'elsewhere'}", "-o",
+                        str(tmp_path / "figures")], capsys)
+    assert code == 2 and "map to the case name 'a'" in err
+    assert not (tmp_path / "figures").exists() or not list((tmp_path / "figures").iterdir())
