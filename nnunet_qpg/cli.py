@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnunet-qpg: unknown command {command!r}.\n\n{_top_level_help()}", file=sys.stderr)
         return 2
     args = build_parser(command).parse_args(argv[1:])
+    from nnunet_qpg.commands.trainers_path import use_shipped_trainers
+
+    use_shipped_trainers()  # our commands find our trainers; the user need not export nnUNet_extTrainer for them
     return int(args._run(args) or 0)
 
 

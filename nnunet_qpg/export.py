@@ -185,7 +185,7 @@ def _trainer_class(trainer_name: str):
         raise ExportError(
             f"trainer class {trainer_name!r} (stored in the checkpoint) was not found in nnU-Net nor in "
             f"nnUNet_extTrainer={os.environ.get('nnUNet_extTrainer', '')!r}; run "
-            f"`export nnUNet_extTrainer=$(nnunet-qpg trainers-path)` (plus the folder of your own trainer files)"
+            f"`export nnUNet_extTrainer=/folder/of/your/trainer/files` (nnunet-qpg adds its own trainers)"
         ) from None
 
 

@@ -282,8 +282,8 @@ def load_predictor(model_folder: Path | str | ModelChoice, folds: Sequence[str |
             raise
         raise ModelFolderError(
             f"the trainer class of {choice.checkpoints[0]} is not importable: {_last_line(error).split('. ')[0]}. "
-            f"For QPG models run `export nnUNet_extTrainer=$(nnunet-qpg trainers-path)` (plus the folder of any "
-            f"trainer file you generated with new-trainer), as for nnUNetv2_predict."
+            f"For a trainer of your own (e.g. one written by new-trainer), `export nnUNet_extTrainer=` its folder, "
+            f"as for nnUNetv2_predict; nnunet-qpg adds its own trainers."
         ) from None
     return predictor
 

@@ -16,7 +16,8 @@ the same model (a model you trained, another model's export) is refused and left
 only read: an OUT inside it is refused, -chk takes file names (a path is refused), and checkpoints are read as
 data only (a checkpoint that would need pickled code is refused, never run). Exit 2 on any such problem.
 
-Reading the QPG model needs `export nnUNet_extTrainer=$(nnunet-qpg trainers-path)`, as for training.
+The shipped trainers are found without `nnUNet_extTrainer`; a model of your own trainer files needs their folder
+there, as for training.
 """
 
 from __future__ import annotations

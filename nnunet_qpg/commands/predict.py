@@ -19,7 +19,8 @@ input or model, or a file nnunet-qpg did not write, is named and kept (exit 1); 
 
 example:
   nnunet-qpg predict -i ct_volumes/ -o masks/ -m $nnUNet_results/Dataset701_KiTS19Kidney2D/nnUNetTrainerQPG__nnUNetPlans__2d -f 0
-QPG models need `export nnUNet_extTrainer=$(nnunet-qpg trainers-path)`, as for nnUNetv2_predict.
+Models of the shipped trainers need no `nnUNet_extTrainer`; models of your own trainer files need their folder
+there, as for nnUNetv2_predict.
 """
 
 from __future__ import annotations

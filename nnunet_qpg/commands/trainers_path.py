@@ -25,6 +25,23 @@ def trainers_path() -> str:
     return os.path.abspath(list(spec.submodule_search_locations)[0])
 
 
+def with_shipped_trainers(ext_trainer: str | None) -> str:
+    """An ``nnUNet_extTrainer`` value holding the user's folders (first, in their order) and the shipped ones."""
+    path = trainers_path()
+    existing = [p for p in (ext_trainer or "").split(os.pathsep) if p.strip()]
+    return os.pathsep.join(existing if path in existing else [*existing, path])
+
+
+def use_shipped_trainers() -> None:
+    """Let nnU-Net's trainer search (``recursive_find_trainer_class_by_name``) in this process and the nnU-Net
+    commands it starts find the shipped trainers, without the user exporting ``nnUNet_extTrainer``; the folders
+    the user put there stay and are searched first. Every ``nnunet-qpg`` command runs this."""
+    try:
+        os.environ["nnUNet_extTrainer"] = with_shipped_trainers(os.environ.get("nnUNet_extTrainer"))
+    except RuntimeError:
+        pass  # not installed as a package: a command that needs a trainer says so itself
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append", action="store_true",
                         help="print $nnUNet_extTrainer with this folder added (if missing) instead of the folder alone")
@@ -37,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"trainers-path: {error}", file=sys.stderr)
         return 1
     if args.append:
-        existing = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
-        print(os.pathsep.join(existing if path in existing else [*existing, path]))
+        print(with_shipped_trainers(os.environ.get("nnUNet_extTrainer")))
     else:
         print(path)
     return 0
