@@ -199,7 +199,3 @@ def mark_only_adapters_trainable(model: nn.Module, also_train: Iterable[str] = (
             for param in module.parameters():
                 param.requires_grad_(True)
     return count_trainable(model)
-
-
-# Transitional: the trainer base still imports the old private names; removed when it takes QPGConfig.
-_conv_listing, _matches = conv_listing, matches
