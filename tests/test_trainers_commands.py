@@ -158,25 +158,37 @@ def test_new_trainer_lora_with_short_schedule(tmp_path: Path) -> None:
 
 
 def test_our_commands_find_the_shipped_trainers_without_nnunet_exttrainer(tmp_path: Path) -> None:
+    import json
     import os
     import subprocess
     import sys
 
     own = tmp_path / "my_trainers"
     assert main(["new-trainer", "nnUNetTrainerMineFound", "--targets", "decoder.seg_layers.*", "-o", str(own)]) == 0
-    plans, dataset_json = REPO / "benchmarks" / "data" / "plans_2d_256x256.json", REPO / "benchmarks" / "data" / "dataset_2d_256x256.json"
-    script = ("import os, sys; from nnunet_qpg.cli import main; code = main(sys.argv[1:]); "
-              "print('EXT=' + os.environ['nnUNet_extTrainer']); sys.exit(code)")
-    for ext_trainer, trainer in ((None, "nnUNetTrainerQPGA"), (str(own), "nnUNetTrainerMineFound"),
-                                 (str(own), "nnUNetTrainerConvLoRA")):
-        env = {key: value for key, value in os.environ.items() if key != "nnUNet_extTrainer"}
-        if ext_trainer:
-            env["nnUNet_extTrainer"] = ext_trainer
-        done = subprocess.run([sys.executable, "-c", script, "info", "--plans", str(plans), "--dataset-json",
-                               str(dataset_json), "-c", "2d", "-tr", trainer], env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert f"{trainer} (" in done.stdout and "trainable" in done.stdout
-        folders = done.stdout.split("EXT=")[1].strip().split(os.pathsep)
-        assert folders[-1] == str(REPO / "trainers") or Path(folders[-1]).name == "trainers"
+    data = REPO / "benchmarks" / "data"
+    cases = [(None, "nnUNetTrainerQPGA"), (str(own), "nnUNetTrainerMineFound"), (str(own), "nnUNetTrainerConvLoRA")]
+    # one fresh process (nothing imported or set by this test session) runs `nnunet-qpg info` for each case
+    script = f"""
+import contextlib, io, json, os, sys
+from nnunet_qpg.cli import main
+results = []
+for ext_trainer, trainer in {cases!r}:
+    os.environ.pop("nnUNet_extTrainer", None)
+    if ext_trainer:
+        os.environ["nnUNet_extTrainer"] = ext_trainer
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["info", "--plans", {str(data / "plans_2d_256x256.json")!r}, "--dataset-json",
+                     {str(data / "dataset_2d_256x256.json")!r}, "-c", "2d", "-tr", trainer])
+    results.append([code, out.getvalue(), os.environ["nnUNet_extTrainer"]])
+print("RESULTS=" + json.dumps(results))
+"""
+    env = {key: value for key, value in os.environ.items() if key != "nnUNet_extTrainer"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout.split("RESULTS=")[1])
+    for (ext_trainer, trainer), (code, out, folders) in zip(cases, results):
+        assert code == 0 and f"{trainer} (" in out and "trainable" in out, out
+        folders = folders.split(os.pathsep)
+        assert Path(folders[-1]).name == "trainers" and (Path(folders[-1]) / "nnUNetTrainerQPG.py").is_file()
         assert folders[:-1] == ([ext_trainer] if ext_trainer else []), "the user's folders stay, first"
