@@ -81,30 +81,43 @@ class _GatherPermutation(torch.autograd.Function):
 
 
 class _RingCache:
-    """Per-(n, device) ring permutation tensors, built once."""
+    """Per-(n, device) ring permutation tensors, built once.
+
+    Built with inference mode off: the first call may come from nnU-Net's predictor (``torch.inference_mode``),
+    and an inference tensor kept here would break every later training step in the process.
+    """
 
     _store: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     @classmethod
+    def _cached(cls, key: tuple, build) -> tuple[torch.Tensor, ...]:
+        if key not in cls._store:
+            with torch.inference_mode(False):
+                cls._store[key] = build()
+        return cls._store[key]
+
+    @classmethod
     def get(cls, num_qubits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(perm, inverse): ``after = before[..., perm]`` and ``before = after[..., inverse]``."""
-        key = ("perm", num_qubits, str(device))
-        if key not in cls._store:
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
             perm = cnot_ring_permutation(num_qubits, device)
             inverse = torch.empty_like(perm)
             inverse[perm] = torch.arange(perm.numel(), device=device)
-            cls._store[key] = (perm, inverse)
-        return cls._store[key]
+            return perm, inverse
+
+        return cls._cached(("perm", num_qubits, str(device)), build)  # type: ignore[return-value]
 
     @classmethod
     def split_sources(cls, num_qubits: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The ring's first ``m`` source indices split into (high-half index, low-half index)."""
-        key = ("split", num_qubits, m, str(device))
-        if key not in cls._store:
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
             low_qubits = num_qubits - (num_qubits + 1) // 2
             sources = cnot_ring_permutation(num_qubits, device)[:m]
-            cls._store[key] = (sources >> low_qubits, sources & ((1 << low_qubits) - 1))
-        return cls._store[key]
+            return sources >> low_qubits, sources & ((1 << low_qubits) - 1)
+
+        return cls._cached(("split", num_qubits, m, str(device)), build)  # type: ignore[return-value]
 
     @classmethod
     def one_hot_sources(cls, num_qubits: int, m: int, device: torch.device,
@@ -114,14 +127,14 @@ class _RingCache:
         A gather written as a matmul has a matmul as its backward, where ``index_select``'s is a scatter-add
         (several times slower on the CPU for these ``[num_vqcs, m]`` outputs).
         """
-        key = ("one-hot", num_qubits, m, str(device), dtype)
-        if key not in cls._store:
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
             low_qubits = num_qubits - (num_qubits + 1) // 2
             high_index, low_index = cls.split_sources(num_qubits, m, device)
-            cls._store[key] = tuple(
-                torch.nn.functional.one_hot(index, size).to(dtype)
-                for index, size in ((high_index, 1 << (num_qubits - low_qubits)), (low_index, 1 << low_qubits)))
-        return cls._store[key]
+            return tuple(torch.nn.functional.one_hot(index, size).to(dtype)  # type: ignore[return-value]
+                         for index, size in ((high_index, 1 << (num_qubits - low_qubits)), (low_index, 1 << low_qubits)))
+
+        return cls._cached(("one-hot", num_qubits, m, str(device), dtype), build)  # type: ignore[return-value]
 
 
 def _apply_ring(state: torch.Tensor, num_qubits: int, num_outputs: int | None = None) -> torch.Tensor:

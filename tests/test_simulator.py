@@ -135,3 +135,28 @@ def test_torchquantum_backend_agrees(num_qubits: int, blocks: int) -> None:
     theirs = simulate(theta, backend="torchquantum")
     assert theirs.shape == ours.shape == (5, 2**num_qubits)
     assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_tables_first_built_under_inference_mode_still_serve_training():
+    """nnU-Net's predictor runs under torch.inference_mode: the simulator's cached index tables must not become
+    inference tensors there, or a later training step in the same process (a notebook: predict, then fine-tune)
+    fails with 'Inference tensors cannot be saved for backward'. A fresh process, so the caches start empty."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from nnunet_qpg.layers import QPGConv, QPGAConv
+for make in (QPGConv.from_conv, QPGAConv.from_conv):
+    for c_out in (5, 40, 300):
+        layer = make(torch.nn.Conv2d(3, c_out, 3), post="lpp", blocks=1)
+        layer.eval()
+        with torch.inference_mode():
+            layer(torch.randn(1, 3, 8, 8))
+        layer.train()
+        layer(torch.randn(1, 3, 8, 8)).sum().backward()
+        assert layer.theta.grad is not None and torch.isfinite(layer.theta.grad).all()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
