@@ -8,6 +8,10 @@ Axial slices are found from the header's direction matrix. Every sample is resiz
 bilinear, masks nearest). Intensities (preset `paper`, the default): clip HU to [-30, 0], then 3x3 mean and
 7x7 median filter, applied to the whole slice at native resolution before cropping and resizing. Preset `kits`:
 soft-tissue window [-79, 304] (the KiTS19 winners' window), no filters, which keeps kidney/tumor contrast.
+  volume task (Dataset703_KiTS19Volumes, 3D, for 3d_fullres): each case whole, CT voxels and geometry as stored
+                                          (no window, filters or resizing: nnU-Net's CT normalisation does it),
+                                          labels 0 background, 1 kidney, 2 tumor; --preset, --window,
+                                          --denoise and --size do not apply (exit 2). See kits19_volume_task.py.
 
 Writes, per dataset: 2D NIfTI images and masks (pixel spacing 1 x 1), dataset.json (settings under
 "conversion"), manifest.json (image id -> case, slice, crop box, original size and spacing) and
@@ -36,6 +40,7 @@ dataset is written from the good ones), no case could be converted, or --strict 
 the folder; finished cases are kept); 130 interrupted.
 
 example: nnunet-qpg convert-kits19 /data/kits19/data --task both --workers 2
+         nnunet-qpg convert-kits19 /data/kits19/data --task volume --workers 2
 """
 
 from __future__ import annotations
@@ -54,23 +59,20 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_qpg.dataset_conversion.kits19_slices import (
-    MEAN_FILTER_SIZE,
-    MEDIAN_FILTER_SIZE,
-    resize_image,
-    resize_mask,
-    tumor_regions,
-    window_and_denoise,
-)
+from nnunet_qpg.dataset_conversion.kits19_slices import tumor_regions
 from nnunet_qpg.dataset_conversion.kits19_volumes import BadCaseError, read_case
+from nnunet_qpg.dataset_conversion import kits19_volume_task as volume_task
 from nnunet_qpg.dataset_conversion.nnunet_raw_dataset import (
     OutputWriteError,
     RawDataset,
+    VolumeDataset,
     grouped_folds,
     images_by_case,
     writing_into,
 )
-from nnunet_qpg.image_reading import NON_FINITE_CHOICES
+from nnunet_qpg.imaging.intensity import MEAN_FILTER_SIZE, MEDIAN_FILTER_SIZE, window_and_denoise
+from nnunet_qpg.imaging.reading import NON_FINITE_CHOICES
+from nnunet_qpg.imaging.resizing import resize_image, resize_mask
 from nnunet_qpg.safe_io import (
     UnsafeOutputError,
     check_output_location,
@@ -83,6 +85,8 @@ TASKS = {
     # task: (default dataset id, dataset name, label name of mask value 1)
     "kidney": (701, "KiTS19Kidney2D", "kidney"),
     "tumor": (702, "KiTS19Tumor2D", "tumor"),
+    # 3D, labels 0/1/2 (kits19_volume_task)
+    volume_task.TASK: (volume_task.DATASET_ID, volume_task.DATASET_NAME, None),
 }
 PRESETS = {
     "paper": {"window": (-30.0, 0.0), "denoise": True},
@@ -150,6 +154,9 @@ def convert_case(job: CaseJob) -> CaseOutcome:
 
 
 def _write_case(job: CaseJob) -> None:
+    if volume_task.TASK in job.targets:  # the 3D task runs alone (no --task all): its own writer
+        volume_task.write_case(job)
+        return
     settings = job.settings
     for folder in job.targets.values():  # outputs of a broken run go first, even if the case then fails
         with writing_into(Path(folder)):
@@ -208,11 +215,18 @@ def _write_case(job: CaseJob) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kits19", type=Path, help="KiTS19 data folder holding case_00000/ ... case_00209/")
-    parser.add_argument("--task", choices=("kidney", "tumor", "both"), default="kidney", help="default: kidney")
+    parser.add_argument(
+        "--task",
+        choices=("kidney", "tumor", "both", "volume"),
+        default="kidney",
+        help="kidney, tumor, both (kidney and tumor, 2D), or volume (3D, labels 0/1/2, for 3d_fullres); "
+        "default: kidney",
+    )
     parser.add_argument(
         "--dataset-id",
         type=int,
-        help="nnU-Net dataset id (default 701 kidney, 702 tumor; with --task both: ID for kidney, ID+1 for tumor)",
+        help="nnU-Net dataset id (default 701 kidney, 702 tumor, 703 volume; with --task both: ID for kidney, "
+        "ID+1 for tumor)",
     )
     parser.add_argument(
         "--output",
@@ -220,7 +234,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="nnU-Net raw folder (default: $nnUNet_raw). Only when it is $nnUNet_raw is splits_final.json also "
         "copied to $nnUNet_preprocessed/DatasetXXX_Name/",
     )
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="paper", help="intensity preset (default: paper)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), help="intensity preset of the 2D tasks (default: paper)")
     parser.add_argument("--window", nargs=2, type=float, metavar=("LOW", "HIGH"), help="HU window, overrides the preset")
     parser.add_argument(
         "--denoise",
@@ -228,7 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="3x3 mean + 7x7 median filter after windowing (default: per preset; paper on, kits off)",
     )
-    parser.add_argument("--size", type=int, default=256, help="output images are SIZE x SIZE (default: 256)")
+    parser.add_argument("--size", type=int, help="2D output images are SIZE x SIZE (default: 256)")
     parser.add_argument("--workers", type=int, default=2, help="processes converting cases in parallel (default: 2)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad case instead of skipping it")
     parser.add_argument(
@@ -253,22 +267,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _conversion_settings(args: argparse.Namespace) -> dict:
-    preset = PRESETS[args.preset]
+    if args.task == volume_task.TASK:  # 3D: no window, filters or resizing; 2D options are refused
+        try:
+            return volume_task.conversion_settings(args)
+        except ValueError as error:
+            raise SetupError(str(error)) from None
+    preset_name = args.preset or "paper"
+    size = 256 if args.size is None else args.size
+    preset = PRESETS[preset_name]
     window = tuple(args.window) if args.window else preset["window"]
     if not all(np.isfinite(window)) or window[0] >= window[1]:
         raise SetupError(f"--window LOW HIGH needs finite LOW < HIGH, got {window[0]} {window[1]}")
-    if args.size < 8:
-        raise SetupError(f"--size must be at least 8, got {args.size}")
+    if size < 8:
+        raise SetupError(f"--size must be at least 8, got {size}")
     if args.workers < 1:
         raise SetupError(f"--workers must be at least 1, got {args.workers}")
     return {
-        "preset": args.preset,
+        "preset": preset_name,
         "window": [float(window[0]), float(window[1])],
         "denoise": preset["denoise"] if args.denoise is None else bool(args.denoise),
         "mean_filter_size": MEAN_FILTER_SIZE,
         "median_filter_size": MEDIAN_FILTER_SIZE,
         "filter_order": "window, mean, median on the native slice; then crop; then resize",
-        "size": int(args.size),
+        "size": int(size),
         "format_version": FORMAT_VERSION,
     }
 
@@ -386,11 +407,12 @@ def _dataset_json(task: str, dataset: RawDataset, settings: dict, source: Path, 
         generate_dataset_json(
             scratch,
             channel_names={0: "CT"},
-            labels={"background": 0, TASKS[task][2]: 1},
+            labels=volume_task.LABELS if task == volume_task.TASK else {"background": 0, TASKS[task][2]: 1},
             num_training_cases=counts["train"]["images"],
             file_ending=".nii.gz",
             dataset_name=dataset.folder.name,
-            description=f"KiTS19 {task} task as 2D images, following Sun et al. (HQC-TF); made by nnunet-qpg",
+            description=volume_task.DESCRIPTION if task == volume_task.TASK else
+            f"KiTS19 {task} task as 2D images, following Sun et al. (HQC-TF); made by nnunet-qpg",
             reference="https://kits19.grand-challenge.org/",
             license="CC BY-NC-SA 4.0 (KiTS19)",
             converted_by="nnunet-qpg convert-kits19",
@@ -550,7 +572,8 @@ def _run(args: argparse.Namespace) -> int:
         dataset_id = TASKS[task][0] if args.dataset_id is None else args.dataset_id + offset
         if not 1 <= dataset_id <= 999:
             raise SetupError(f"--dataset-id must give ids between 1 and 999 (nnU-Net's), got {dataset_id}")
-        datasets[task] = RawDataset(output / dataset_folder_name(task, dataset_id))
+        kind = VolumeDataset if task == volume_task.TASK else RawDataset
+        datasets[task] = kind(output / dataset_folder_name(task, dataset_id))
         check_output_location(datasets[task].folder, inputs=[args.kits19], option="dataset folder")
     for dataset in datasets.values():
         _check_existing(dataset, settings, args.rebuild)

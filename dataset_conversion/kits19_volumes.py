@@ -1,7 +1,7 @@
 """Reading one KiTS19 case (imaging + segmentation) safely, and finding its axial axis from the header.
 
 Everything that can be wrong with a case's files is checked here (the files are read through the one image
-reader, :mod:`nnunet_qpg.image_reading`: truncated .nii/.nii.gz, corrupt data, NaN or infinite voxels) and
+reader, :mod:`nnunet_qpg.imaging.reading`: truncated .nii/.nii.gz, corrupt data, NaN or infinite voxels) and
 reported as a `BadCaseError` that names the case, the file, the problem and the fix, so the converter can skip
 the case (or stop, with --strict) without writing anything for it. A case's files are `imaging.nii.gz` and
 `segmentation.nii.gz` as KiTS19 ships them; uncompressed `.nii` files are read too.
@@ -14,7 +14,6 @@ axis 0 (nibabel's axis 0), which `sitk.GetArrayFromImage` puts LAST (numpy axis 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_qpg.dataset_conversion.kits19_slices import slices_with_labels
-from nnunet_qpg.image_reading import UnreadableImageError, read_image, read_image_header
+from nnunet_qpg.imaging.axial import axial_view, sitk_axes_from_direction
+from nnunet_qpg.imaging.reading import UnreadableImageError, error_line, read_image, read_image_header
 
 KITS19_LABELS = (0, 1, 2)  # background, kidney, tumor
 
@@ -57,21 +57,8 @@ class CaseVolumes:
     sitk_axes_zyx: tuple[int, int, int]  # sitk index axis holding the slices, the rows, the columns
     spacing_zyx: tuple[float, float, float]  # mm: slice distance, row spacing, column spacing
     _keep_alive: tuple = ()
-
-
-def sitk_axes_from_direction(direction: tuple[float, ...]) -> tuple[int, int, int]:
-    """The sitk index axes that run along physical (z, y, x): superior-inferior, anterior-posterior, left-right.
-
-    `direction` is SimpleITK's row-major 3x3 matrix; column i is the physical direction of index axis i.
-    The permutation with the largest total alignment wins, so oblique scans still get one axis each.
-    """
-    matrix = np.abs(np.asarray(direction, dtype=float).reshape(3, 3))
-    physical_rows_zyx = (2, 1, 0)
-    best = max(
-        itertools.permutations(range(3)),
-        key=lambda axes: sum(matrix[row, axis] for row, axis in zip(physical_rows_zyx, axes)),
-    )
-    return tuple(int(axis) for axis in best)  # type: ignore[return-value]
+    image: sitk.Image | None = None  # the CT as read (native pixel type, file geometry)
+    labels: sitk.Image | None = None  # the whole segmentation as read, only with read_case(whole_labels=True)
 
 
 def case_file(case_dir: Path, name: str) -> Path:
@@ -98,12 +85,7 @@ def _as_bad_case(case_id: str, path: Path) -> Iterator[None]:
     except UnreadableImageError as error:
         raise BadCaseError(case_id, error.path, error.problem) from None
     except (OSError, EOFError, zlib.error, RuntimeError, ValueError) as error:  # e.g. a gzip stream broken inside
-        raise BadCaseError(case_id, path, f"cannot be read ({_first_line(error)}); download or copy it again") from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+        raise BadCaseError(case_id, path, f"cannot be read ({error_line(error)}); download or copy it again") from None
 
 
 def _read_pixels(case_id: str, path: Path, non_finite: str) -> sitk.Image:
@@ -153,12 +135,14 @@ def _check_labels(case_id: str, labels: np.ndarray, path: Path) -> None:
         raise BadCaseError(case_id, path, "has no kidney or tumor voxel (all labels 0); nothing to convert")
 
 
-def read_case(case_dir: Path, non_finite: str = "refuse") -> CaseVolumes:
+def read_case(case_dir: Path, non_finite: str = "refuse", whole_labels: bool = False) -> CaseVolumes:
     """Read and check `case_dir/imaging.nii.gz` and `case_dir/segmentation.nii.gz` through the one image reader
-    (:mod:`nnunet_qpg.image_reading`).
+    (:mod:`nnunet_qpg.imaging.reading`).
 
     Raises BadCaseError for missing, corrupt, truncated (.nii and .nii.gz) or non-3D files, NaN or infinite CT
     values (unless `non_finite` is "replace"), mismatched grids, unknown labels, or no kidney.
+    `whole_labels`: keep the whole segmentation (`labels`) for the 3D task; the 2D tasks drop it before the image
+    is read, which lowers the peak memory.
     """
     case_id = case_dir.name
     image_path, labels_path = case_file(case_dir, "imaging"), case_file(case_dir, "segmentation")
@@ -166,25 +150,28 @@ def read_case(case_dir: Path, non_finite: str = "refuse") -> CaseVolumes:
     labels_header = _read_header(case_id, labels_path)
     _check_same_geometry(case_id, image_header, labels_header, labels_path)
 
-    axes_zyx = sitk_axes_from_direction(image_header.GetDirection())
-    # numpy axis j of GetArrayViewFromImage is sitk index axis 2 - j
-    numpy_order = tuple(2 - axis for axis in axes_zyx)
+    direction = image_header.GetDirection()
+    axes_zyx = sitk_axes_from_direction(direction)
 
     labels_image = _read_labels(case_id, labels_path)
-    labels_zyx = np.transpose(sitk.GetArrayViewFromImage(labels_image), numpy_order)
+    labels_zyx = axial_view(sitk.GetArrayViewFromImage(labels_image), direction)
     _check_labels(case_id, labels_zyx, labels_path)
     labelled_slices = slices_with_labels(labels_zyx)
     labelled_labels = np.ascontiguousarray(labels_zyx[labelled_slices])
-    del labels_zyx, labels_image  # free the label volume before the (larger) image is read
+    del labels_zyx
+    if not whole_labels:
+        labels_image = None  # free the label volume before the (larger) image is read
 
     image = _read_pixels(case_id, image_path, non_finite)
     spacing = image_header.GetSpacing()
     return CaseVolumes(
         case_id=case_id,
-        image_zyx=np.transpose(sitk.GetArrayViewFromImage(image), numpy_order),
+        image_zyx=axial_view(sitk.GetArrayViewFromImage(image), direction),
         labelled_slices=labelled_slices,
         labelled_labels=labelled_labels,
         sitk_axes_zyx=axes_zyx,
         spacing_zyx=tuple(float(spacing[axis]) for axis in axes_zyx),  # type: ignore[arg-type]
         _keep_alive=(image,),
+        image=image,
+        labels=labels_image,
     )

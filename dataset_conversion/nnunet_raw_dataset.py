@@ -1,7 +1,9 @@
 """An nnU-Net raw dataset folder that is written case by case and survives interruptions.
 
 Layout of `Dataset{ID}_{Name}/`:
-  imagesTr/ labelsTr/ imagesTs/ labelsTs/   nnU-Net's folders (2D NIfTI, `{id}_0000.nii.gz` and `{id}.nii.gz`)
+  imagesTr/ labelsTr/ imagesTs/ labelsTs/   nnU-Net's folders (`{id}_0000.nii.gz` and `{id}.nii.gz`: 2D slices,
+                                             id case_00000_0012[_1]; or, in a VolumeDataset, whole 3D volumes,
+                                             id case_00000)
   dataset.json, manifest.json, splits_final.json   written from the case records once every case of a run is
                                              done; removed while a run changes the dataset, so a dataset.json is
                                              only ever seen beside a complete set of images
@@ -55,6 +57,8 @@ IMAGE_NAME = re.compile(rf"^{_IMAGE_ID}_0000\.nii\.gz$")
 MASK_NAME = re.compile(rf"^{_IMAGE_ID}\.nii\.gz$")
 # temporaries of safe_io.atomic_path (".{final name}.{random}.tmp") of such files, left by a hard kill
 TEMPORARY_NAME = re.compile(rf"^\.{_IMAGE_ID}(?:_0000)?\.nii\.gz\.[^./]+\.tmp$")
+# a 3D dataset's image id is the case itself (case_00000_0000.nii.gz, case_00000.nii.gz)
+_VOLUME_ID = r"(case_\d{5})"
 RECORD_NAME = re.compile(r"^(case_\d{5})\.json$")
 # staging folders (current and of earlier versions) and nnU-Net scratch folders of earlier versions
 STAGING_NAME = re.compile(r"^(?:\.staging|\.case_\d{5}\.staging-[^/]+|\.dataset-json-[^/]+)$")
@@ -85,6 +89,9 @@ def writing_into(folder: Path) -> Iterator[None]:
 
 class RawDataset:
     """One nnU-Net raw dataset folder (e.g. Dataset701_KiTS19Kidney2D) filled one case at a time."""
+
+    # the converter's exact file names in this dataset: nothing else is ever deleted (VolumeDataset: its own)
+    image_name, mask_name, temporary_name = IMAGE_NAME, MASK_NAME, TEMPORARY_NAME
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -211,7 +218,7 @@ class RawDataset:
         record = self._read_record(case_id) or {}
         for row in record.get("images", []):
             if isinstance(row, dict) and row.get("split") in SPLIT_FOLDERS and isinstance(row.get("image_id"), str):
-                if MASK_NAME.match(f"{row['image_id']}.nii.gz"):  # a damaged record never names other files
+                if self.mask_name.match(f"{row['image_id']}.nii.gz"):  # a damaged record never names other files
                     remove_file(self.image_path(row["split"], row["image_id"]))
                     remove_file(self.mask_path(row["split"], row["image_id"]))
         for path in self._matching(lambda case: case == case_id):
@@ -223,9 +230,9 @@ class RawDataset:
         `of_case(case_id)`; nothing else in the folders ever matches."""
         found = []
         for images, labels in SPLIT_FOLDERS.values():
-            for folder, pattern in ((images, IMAGE_NAME), (labels, MASK_NAME)):
+            for folder, pattern in ((images, self.image_name), (labels, self.mask_name)):
                 for entry in self._entries(self.folder / folder):
-                    match = pattern.match(entry.name) or TEMPORARY_NAME.match(entry.name)
+                    match = pattern.match(entry.name) or self.temporary_name.match(entry.name)
                     if match and of_case(match.group(1)):
                         found.append(Path(entry.path))
         return sorted(found)
@@ -275,18 +282,36 @@ class CaseWriter:
             (image.astype(np.float32, copy=False), self.dataset.image_path(split, image_id)),
             (mask.astype(np.uint8, copy=False), self.dataset.mask_path(split, image_id)),
         ):
-            staged_path = self.staging / final_path.name
             picture = sitk.GetImageFromArray(array)
             picture.SetSpacing((1.0, 1.0))
-            with writing_into(self.staging):
+            self._stage_file(picture, final_path)
+        self.rows.append({"image_id": image_id, "split": split, **row})
+
+    def add_volume(self, split: str, image_id: str, image: sitk.Image | Path, mask: sitk.Image, row: dict) -> None:
+        """Stage one whole image and its mask as given, plus its manifest row: an sitk.Image is written in its own
+        pixel type and geometry; a Path (an already validated .nii.gz) is copied byte for byte."""
+        self._stage_file(image, self.dataset.image_path(split, image_id))
+        self._stage_file(mask, self.dataset.mask_path(split, image_id))
+        self.rows.append({"image_id": image_id, "split": split, **row})
+
+    def staged(self, final_path: Path) -> Path:
+        """Where the file that goes to `final_path` is staged (to check it before commit)."""
+        return self.staging / final_path.name
+
+    def _stage_file(self, picture: sitk.Image | Path, final_path: Path) -> None:
+        staged_path = self.staged(final_path)
+        with writing_into(self.staging):
+            if isinstance(picture, (str, os.PathLike)):
+                shutil.copyfile(picture, staged_path)
+            else:
                 try:
                     sitk.WriteImage(picture, str(staged_path), useCompression=True)
                 except RuntimeError as error:  # ITK reports a full disk or a lost folder as a RuntimeError
                     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
                     raise OutputWriteError(self.staging, lines[-1] if lines else "the image could not be written")
-                os.chmod(staged_path, file_mode())  # the user's umask, whatever ITK's writer did
+            os.chmod(staged_path, file_mode())  # the user's umask, whatever ITK's writer did
+        if (staged_path, final_path) not in self._staged:  # staged again (e.g. rewritten): moved once
             self._staged.append((staged_path, final_path))
-        self.rows.append({"image_id": image_id, "split": split, **row})
 
     def commit(self, settings: dict, case_info: dict) -> None:
         for staged_path, final_path in self._staged:
@@ -309,6 +334,15 @@ class CaseWriter:
             # same problem, and the next run's `prepare` removes what is left
             with contextlib.suppress(OSError, UnsafeOutputError):
                 self.dataset.remove_case(self.case_id)
+
+
+class VolumeDataset(RawDataset):
+    """A 3D nnU-Net raw dataset (e.g. Dataset703_KiTS19Volumes): one image per case, named after the case
+    (imagesTr/case_00000_0000.nii.gz, labelsTr/case_00000.nii.gz); only these exact names are its own."""
+
+    image_name = re.compile(rf"^{_VOLUME_ID}_0000\.nii\.gz$")
+    mask_name = re.compile(rf"^{_VOLUME_ID}\.nii\.gz$")
+    temporary_name = re.compile(rf"^\.{_VOLUME_ID}(?:_0000)?\.nii\.gz\.[^./]+\.tmp$")
 
 
 def grouped_folds(case_images: dict[str, list[str]], num_folds: int = 5) -> list[dict[str, list[str]]]:

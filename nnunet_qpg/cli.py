@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth-kits19": ("nnunet_qpg.dataset_conversion.synth_kits19", "make a small synthetic KiTS19-like folder"),
     "convert-kits19": (
         "nnunet_qpg.dataset_conversion.kits19_to_nnunet2d",
-        "KiTS19 to nnU-Net 2D datasets (paper split and windowing)",
+        "KiTS19 to nnU-Net datasets: 2D (paper split and windowing) or 3D volumes",
     ),
     "predict": ("nnunet_qpg.commands.predict", "masks for a folder of 3D CT volumes with a trained 2D model"),
     "predict-kits19": ("nnunet_qpg.commands.predict_kits19", "two-stage kidney then tumour prediction, KiTS19 labels"),

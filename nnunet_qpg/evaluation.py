@@ -4,7 +4,7 @@ Predictions are matched to ground truth by case name (`{case}.nii.gz`, nnU-Net's
 also be a KiTS19 folder (`case_XXXXX/segmentation.nii.gz`). 2D images give one score each; 3D volumes give a
 score per axial slice with foreground (axial axis from the direction matrix) plus a 3D Dice per volume.
 
-Every file is read through :func:`nnunet_qpg.image_reading.read_image`, so a truncated or corrupt mask is an
+Every file is read through :func:`nnunet_qpg.imaging.reading.read_image`, so a truncated or corrupt mask is an
 error naming the file, never scored as the zeros ITK would return for its missing voxels. A prediction must lie
 on its ground truth's voxel grid: same dimension and size, and spacing, origin and direction equal within the
 tolerances the KiTS19 converter uses for image and segmentation (:func:`geometry_difference`). A pair that fails
@@ -21,9 +21,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
-from nnunet_qpg.image_reading import UnreadableImageError, read_image
-from nnunet_qpg.inference import files_by_case
+from nnunet_qpg.imaging.axial import axial_view
+from nnunet_qpg.imaging.case_names import files_by_case
+from nnunet_qpg.imaging.reading import UnreadableImageError, read_image
 from nnunet_qpg.metrics import foreground, mean_and_std, overlap_scores, slice_scores
 
 __all__ = [
@@ -178,11 +178,6 @@ def geometry_difference(image: sitk.Image, reference: sitk.Image, reference_name
     return None
 
 
-def _axial_view(array: np.ndarray, image: sitk.Image) -> np.ndarray:
-    axes = sitk_axes_from_direction(image.GetDirection())
-    return np.transpose(array, tuple(2 - axis for axis in axes))
-
-
 def _score_pair(evaluation: Evaluation, case: str, prediction_path: Path, reference_path: Path,
                 labels: Sequence[int] | None) -> None:
     prediction_image, reference_image = read_image(prediction_path), read_image(reference_path)
@@ -197,8 +192,8 @@ def _score_pair(evaluation: Evaluation, case: str, prediction_path: Path, refere
         scores = overlap_scores(prediction_mask, reference_mask)
         evaluation.images.append({"image": case, "iou": scores.iou, "dsc": scores.dsc})
         return
-    per_slice = slice_scores(_axial_view(prediction_mask, reference_image),
-                             _axial_view(reference_mask, reference_image))
+    direction = reference_image.GetDirection()
+    per_slice = slice_scores(axial_view(prediction_mask, direction), axial_view(reference_mask, direction))
     for index, scores in per_slice.items():
         evaluation.images.append({"image": f"{case}_{index:04d}", "iou": scores.iou, "dsc": scores.dsc})
     evaluation.volumes.append({"case": case, "dice_3d": overlap_scores(prediction_mask, reference_mask).dsc,

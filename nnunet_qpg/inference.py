@@ -3,7 +3,7 @@
 The model saw axial slices preprocessed by the converter (HU window, optional 3x3 mean + 7x7 median filter,
 resize to SIZE x SIZE, pixel spacing 1 x 1), so prediction must feed it exactly that. The settings are read from
 the "conversion" entry the converter records in dataset.json (nnU-Net copies dataset.json into every trained
-model folder), and the converter's own functions do the work:
+model folder), and the imaging functions the converter uses (:mod:`nnunet_qpg.imaging`) do the work:
 
     volume --(axial axis from the direction matrix)--> slices --window/denoise/resize--> [1, 1, SIZE, SIZE]
       --nnUNetPredictor.predict_single_npy_array (nnU-Net's preprocessing, all folds, mirroring)--> SIZE x SIZE mask
@@ -24,14 +24,14 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_qpg.dataset_conversion.kits19_slices import resize_image, window_and_denoise
-from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
-from nnunet_qpg.image_reading import UnreadableImageError, read_image
-from nnunet_qpg.nifti_check import count_non_finite
+from nnunet_qpg.imaging.axial import axial_pixels, axial_view
+from nnunet_qpg.imaging.intensity import window_and_denoise
+from nnunet_qpg.imaging.nifti_check import count_non_finite
+from nnunet_qpg.imaging.reading import UnreadableImageError, error_line, read_image
+from nnunet_qpg.imaging.resizing import resize_image, resize_mask_to
 
 # nnU-Net's SimpleITK reader gives 2D images this spacing; the 2D configuration never resamples along it.
 NNUNET_2D_SPACING = [999.0, 1.0, 1.0]
-NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 # An input volume that cannot be predicted: the one reader's error (one error type for every image we read).
@@ -40,19 +40,6 @@ UnreadableVolumeError = UnreadableImageError
 
 class ModelFolderError(Exception):
     """A model folder that cannot be used for volume prediction (message names the file and the fix)."""
-
-
-class CaseNameCollisionError(ValueError):
-    """Several files of one folder map to the same case name, so they would share one mask or one score.
-
-    ``collisions`` maps each such case name to all of its files; the message names every one of them.
-    """
-
-    def __init__(self, folder: Path | str, collisions: dict[str, list[Path]]):
-        self.folder = Path(folder)
-        self.collisions = collisions
-        described = "; ".join(collision_problem(case, paths) for case, paths in sorted(collisions.items()))
-        super().__init__(f"{folder}: {described}")
 
 
 @dataclass(frozen=True)
@@ -110,39 +97,24 @@ class AxialVolume:
 
     path: Path
     image: sitk.Image
-    # a view into `image`'s buffer, axes permuted, no copy (a 1059x512x512 CT stays one copy in memory); the
-    # array keeps `image` alive itself (see _pixel_view), so it stays valid after this object is gone
+    # :func:`nnunet_qpg.imaging.axial.axial_pixels`: a view into `image`'s buffer, no copy, that keeps `image`
+    # alive itself, so it stays valid after this object is gone
     slices_rows_cols: np.ndarray
-    numpy_axes: tuple[int, int, int]  # numpy axes of GetArrayFromImage holding slice, row, column
     non_finite_replaced: int = 0  # NaN/inf voxels set to finite values on reading (non_finite="replace")
 
-    def empty_mask(self) -> tuple[np.ndarray, np.ndarray]:
-        """A uint8 array in the file's numpy layout and its (slice, row, column) view, to fill slice by slice."""
+    def label_slices(self, labels_of_slice: Callable[[np.ndarray], np.ndarray],
+                     on_slice: Callable[[], None] | None = None) -> sitk.Image:
+        """A uint8 mask with the input's exact geometry, filled slice by slice: ``labels_of_slice`` gets each axial
+        slice (contiguous, native resolution, HU) and returns its label map; ``on_slice()`` follows each slice."""
         mask = np.zeros(sitk.GetArrayViewFromImage(self.image).shape, dtype=np.uint8)
-        return mask, np.transpose(mask, self.numpy_axes)
-
-    def mask_image(self, mask: np.ndarray) -> sitk.Image:
-        """`mask` (file numpy layout) as an image with the input's exact spacing, origin and direction."""
+        mask_view = axial_view(mask, self.image.GetDirection())
+        for index in range(self.slices_rows_cols.shape[0]):
+            mask_view[index] = labels_of_slice(np.ascontiguousarray(self.slices_rows_cols[index]))
+            if on_slice:
+                on_slice()
         image = sitk.GetImageFromArray(mask)
         image.CopyInformation(self.image)
         return image
-
-
-class _PixelBuffer:
-    """Exposes an image's pixel buffer to numpy while holding the image, so no view outlives its memory.
-
-    ``sitk.GetArrayViewFromImage`` returns an array that does not keep the image alive: once the image is
-    collected, the view reads freed memory.
-    """
-
-    def __init__(self, image: sitk.Image) -> None:
-        self.image = image
-        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
-
-
-def _pixel_view(image: sitk.Image) -> np.ndarray:
-    """A zero-copy numpy view of ``image``'s pixels (GetArrayFromImage's axis order) that keeps ``image`` alive."""
-    return np.asarray(_PixelBuffer(image))
 
 
 def read_axial_volume(path: Path | str, non_finite: str = "refuse") -> AxialVolume:
@@ -151,27 +123,13 @@ def read_axial_volume(path: Path | str, non_finite: str = "refuse") -> AxialVolu
 
     Raises UnreadableImageError (alias UnreadableVolumeError) for missing, corrupt, truncated (.nii and .nii.gz),
     non-3D or multi-component files, and for NaN/inf voxels unless ``non_finite="replace"``
-    (see :func:`nnunet_qpg.image_reading.read_image`).
+    (see :func:`nnunet_qpg.imaging.reading.read_image`).
     """
     path = Path(path)
     image = read_image(path, dimension=3, non_finite=non_finite)
     # the reader replaced them silently; count them (one streamed pass, float files only) so the batch can say so
     replaced = count_non_finite(path) if non_finite == "replace" else 0
-    sitk_axes = sitk_axes_from_direction(image.GetDirection())
-    numpy_axes = tuple(2 - axis for axis in sitk_axes)  # numpy axis j of GetArrayFromImage is sitk index axis 2 - j
-    view = np.transpose(_pixel_view(image), numpy_axes)
-    return AxialVolume(path, image, view, numpy_axes, replaced)  # type: ignore[arg-type]
-
-
-def resize_mask_to(mask_2d: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map to `shape` (rows, cols), pixel-centre aligned.
-
-    The inverse of the converter's `resize_mask` (which only makes squares): output pixel i takes the input pixel
-    that contains its centre, so a mask predicted at 256 x 256 lands back on the slice it came from.
-    """
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * mask_2d.shape[0] / shape[0]).astype(int), mask_2d.shape[0] - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * mask_2d.shape[1] / shape[1]).astype(int), mask_2d.shape[1] - 1)
-    return mask_2d[np.ix_(rows, cols)]
+    return AxialVolume(path, image, axial_pixels(image), replaced)
 
 
 def parse_fold(text: str) -> int | str:
@@ -281,16 +239,11 @@ def load_predictor(model_folder: Path | str | ModelChoice, folds: Sequence[str |
         if "Could not find requested nnunet trainer" not in str(error):
             raise
         raise ModelFolderError(
-            f"the trainer class of {choice.checkpoints[0]} is not importable: {_last_line(error).split('. ')[0]}. "
+            f"the trainer class of {choice.checkpoints[0]} is not importable: {error_line(error).split('. ')[0]}. "
             f"For a trainer of your own (e.g. one written by new-trainer), `export nnUNet_extTrainer=` its folder, "
             f"as for nnUNetv2_predict; nnunet-qpg adds its own trainers."
         ) from None
     return predictor
-
-
-def _last_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def predict_slice(predictor, slice_image: np.ndarray) -> np.ndarray:
@@ -304,66 +257,8 @@ def predict_slice(predictor, slice_image: np.ndarray) -> np.ndarray:
 def predict_volume(predictor, preprocessing: SlicePreprocessing, volume: AxialVolume,
                    on_slice: Callable[[], None] | None = None) -> sitk.Image:
     """The mask of every axial slice of `volume`, as an image with the input's exact geometry."""
-    mask, mask_view = volume.empty_mask()
-    for index in range(volume.slices_rows_cols.shape[0]):
-        slice_hu = np.ascontiguousarray(volume.slices_rows_cols[index])
-        small = predict_slice(predictor, preprocessing(slice_hu))
-        mask_view[index] = resize_mask_to(small, slice_hu.shape)
-        if on_slice:
-            on_slice()
-    return volume.mask_image(mask)
-
-
-def list_volumes(input_folder: Path) -> list[Path]:
-    """The NIfTI volumes of a folder, sorted (hidden and temporary files are left out).
-
-    Several of them may map to one case name (``scan.nii``, ``scan.nii.gz``, ``scan_0000.nii.gz``): use
-    :func:`files_by_case` where the names matter.
-    """
-    return sorted(p for p in input_folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_ENDINGS))
-
-
-def files_by_case(folder: Path, kits19_file: str | None = None) -> dict[str, list[Path]]:
-    """case name -> the NIfTI file(s) of a flat folder (and ``case_*/kits19_file`` of a KiTS19 data folder).
-
-    More than one file per case (``a.nii`` and ``a.nii.gz``, or ``a.nii.gz`` and ``a_0000.nii.gz``, or
-    ``case_00001.nii.gz`` beside ``case_00001/``) is kept as a list so callers can refuse the case instead of
-    silently taking one of them (they would share one mask, or one score).
-    """
-    grouped: dict[str, list[Path]] = {}
-    for path in list_volumes(folder):
-        grouped.setdefault(case_name(path), []).append(path)
-    if kits19_file:
-        for case_dir in sorted(folder.glob("case_*")):
-            if (case_dir / kits19_file).is_file():
-                grouped.setdefault(case_dir.name, []).append(case_dir / kits19_file)
-    return grouped
-
-
-def collision_problem(case: str, paths: Sequence[Path]) -> str:
-    """One sentence naming every file that maps to ``case``, and the fix."""
-    names = ", ".join(path.name if path.parent.name != case else f"{case}/{path.name}" for path in paths)
-    return (f"{names} all map to the case name {case!r} (output {case}.nii.gz), so nnunet-qpg cannot tell which "
-            f"one is meant; rename or move all but one of them")
-
-
-def case_files(folder: Path, kits19_file: str) -> dict[str, Path]:
-    """case name -> file, for a flat folder of NIfTI files or a KiTS19 data folder (``case_*/kits19_file``).
-
-    Raises CaseNameCollisionError (a ValueError naming every file) when several files share a case name.
-    """
-    grouped = files_by_case(folder, kits19_file)
-    collisions = {case: paths for case, paths in grouped.items() if len(paths) > 1}
-    if collisions:
-        raise CaseNameCollisionError(folder, collisions)
-    return {case: paths[0] for case, paths in grouped.items()}
-
-
-def case_name(path: Path) -> str:
-    """'case_00181_0000.nii.gz' -> 'case_00181' (nnU-Net's channel suffix is dropped), 'ct.nii' -> 'ct'."""
-    name = next((path.name[: -len(e)] for e in NIFTI_ENDINGS if path.name.endswith(e)), path.stem)
-    return name[:-5] if name.endswith("_0000") else name
+    return volume.label_slices(
+        lambda slice_hu: resize_mask_to(predict_slice(predictor, preprocessing(slice_hu)), slice_hu.shape), on_slice)
 
 
 def this_part(items: Iterable, num_parts: int, part_id: int) -> list:

@@ -7,7 +7,7 @@ or of its parent (nnU-Net's labelsTs/ sits beside dataset.json; nnUNetv2_predict
 KiTS19's own names for a KiTS19 data folder, and for a prediction folder without names those of the ground
 truth it is compared with (same task); KiTS19's as the last resort.
 
-Images and masks are read through :func:`nnunet_qpg.image_reading.read_image`, and each mask must lie on its
+Images and masks are read through :func:`nnunet_qpg.imaging.reading.read_image`, and each mask must lie on its
 image's voxel grid (:func:`nnunet_qpg.evaluation.geometry_difference`). A case that fails (unreadable file, other
 grid) is named and not drawn (:class:`OverlayResult`); the others are.
 """
@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from nnunet_qpg.dataset_conversion.kits19_volumes import sitk_axes_from_direction
 from nnunet_qpg.evaluation import geometry_difference, ground_truth_files
 from nnunet_qpg.figures import KITS19_LABEL_NAMES, save_overlay_figure
-from nnunet_qpg.image_reading import UnreadableImageError, read_image
-from nnunet_qpg.inference import collision_problem, files_by_case
+from nnunet_qpg.imaging.axial import axial_pixels
+from nnunet_qpg.imaging.case_names import CaseNameCollisionError, case_files
+from nnunet_qpg.imaging.reading import UnreadableImageError, read_image
 from nnunet_qpg.metrics import overlap_scores
 
 
@@ -35,11 +34,10 @@ class OverlayError(Exception):
 
 def _unique_case_files(folder: Path, kits19_file: str | None = None) -> dict[str, Path]:
     """case name -> file; several files of one case name are an error naming them (never one picked silently)."""
-    grouped = files_by_case(folder, kits19_file)
-    collisions = [collision_problem(case, paths) for case, paths in sorted(grouped.items()) if len(paths) > 1]
-    if collisions:
-        raise OverlayError(f"in {folder}: " + "; ".join(collisions))
-    return {case: paths[0] for case, paths in grouped.items()}
+    try:
+        return case_files(folder, kits19_file)
+    except CaseNameCollisionError as error:
+        raise OverlayError(str(error)) from None
 
 
 def _image_files(folder: Path) -> dict[str, Path]:
@@ -76,15 +74,6 @@ def most_telling_slice(masks: np.ndarray) -> int:
     distinct = [len(np.unique(row[row > 0])) for row in flat]
     area = (flat > 0).sum(axis=1)
     return max(range(masks.shape[0]), key=lambda index: (distinct[index], area[index], -index))
-
-
-def _axial(image: sitk.Image) -> np.ndarray:
-    """The image's pixels as (axial slice, row, column); a 2D image becomes one slice."""
-    array = sitk.GetArrayFromImage(image)
-    if image.GetDimension() == 2:
-        return array[None]
-    axes = sitk_axes_from_direction(image.GetDirection())
-    return np.transpose(array, tuple(2 - axis for axis in axes))
 
 
 class _CaseProblem(Exception):
@@ -144,9 +133,9 @@ def _read_case(plan: OverlayPlan, case: str) -> tuple[np.ndarray, np.ndarray | N
         difference = geometry_difference(mask, image, f"the image {plan.image_files[case]}")
         if difference:
             raise _CaseProblem(f"{path} ({name}) {difference}; masks must be on their image's voxel grid")
-        arrays[name] = _axial(mask)
+        arrays[name] = axial_pixels(mask)
     truth = arrays.pop("ground truth", None)
-    return _axial(image), truth, arrays
+    return axial_pixels(image), truth, arrays
 
 
 def draw_overlays(plan: OverlayPlan, output: Path) -> OverlayResult:

@@ -19,7 +19,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnunet_qpg.dataset_conversion.kits19_slices import EIGHT_CONNECTED
-from nnunet_qpg.inference import AxialVolume, SlicePreprocessing, predict_slice, resize_mask_to
+from nnunet_qpg.imaging.resizing import resize_mask_to
+from nnunet_qpg.inference import AxialVolume, SlicePreprocessing, predict_slice
 
 KIDNEY_LABEL, TUMOR_LABEL = 1, 2
 
@@ -45,11 +46,6 @@ def predict_kits19_volume(volume: AxialVolume, kidney_predictor, kidney_preproce
                           tumor_predictor, tumor_preprocessing: SlicePreprocessing,
                           on_slice: Callable[[], None] | None = None) -> sitk.Image:
     """KiTS19 labels for every axial slice of `volume`, with the input's exact geometry."""
-    mask, mask_view = volume.empty_mask()
-    for index in range(volume.slices_rows_cols.shape[0]):
-        slice_hu = np.ascontiguousarray(volume.slices_rows_cols[index])
-        mask_view[index] = kits19_labels_of_slice(slice_hu, kidney_predictor, kidney_preprocessing,
-                                                  tumor_predictor, tumor_preprocessing)
-        if on_slice:
-            on_slice()
-    return volume.mask_image(mask)
+    return volume.label_slices(
+        lambda slice_hu: kits19_labels_of_slice(slice_hu, kidney_predictor, kidney_preprocessing,
+                                                tumor_predictor, tumor_preprocessing), on_slice)

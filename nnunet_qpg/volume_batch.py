@@ -38,17 +38,9 @@ from typing import Callable, Sequence
 
 import SimpleITK as sitk
 
-from nnunet_qpg.image_reading import NON_FINITE_CHOICES, UnreadableImageError, read_image_header
-from nnunet_qpg.inference import (
-    AxialVolume,
-    ModelFolderError,
-    collision_problem,
-    files_by_case,
-    list_volumes,
-    parse_fold,
-    read_axial_volume,
-    this_part,
-)
+from nnunet_qpg.imaging.case_names import collision_problem, files_by_case, list_volumes
+from nnunet_qpg.imaging.reading import NON_FINITE_CHOICES, UnreadableImageError, error_line, read_image_header
+from nnunet_qpg.inference import AxialVolume, ModelFolderError, parse_fold, read_axial_volume, this_part
 from nnunet_qpg.safe_io import (
     UnsafeCheckpointError,
     UnsafeOutputError,
@@ -231,7 +223,7 @@ def predict_folder(
             skip(str(error))
             continue
         except (OSError, RuntimeError) as error:  # ITK reports a full disk as RuntimeError
-            raise MaskWriteError(f"cannot write {target}: {_last_line(error)}") from None
+            raise MaskWriteError(f"cannot write {target}: {error_line(error)}") from None
         outcome.predicted.append(path.name)
         if volume.non_finite_replaced:
             outcome.replaced_non_finite.append(f"{path.name}: {volume.non_finite_replaced} voxel(s)")
@@ -265,11 +257,6 @@ def _model_digest(files: Sequence[Path]) -> str:
         return file_digest(files)
     except OSError as error:
         raise ModelFolderError(f"cannot read {error.filename}: {error.strerror or error}") from None
-
-
-def _last_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def _top_created_folder(folder: Path) -> Path | None:

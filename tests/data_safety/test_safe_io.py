@@ -13,8 +13,8 @@ import SimpleITK as sitk
 import torch
 from snapshots import assert_unchanged, snapshot
 
-from nnunet_qpg import nifti_check
-from nnunet_qpg.image_reading import UnreadableImageError, read_image
+from nnunet_qpg.imaging import nifti_check
+from nnunet_qpg.imaging.reading import UnreadableImageError, read_image
 from nnunet_qpg.safe_io import (
     UnsafeCheckpointError,
     UnsafeOutputError,

@@ -3,7 +3,7 @@
 ITK reads several broken files without a word, and what it returns then looks like data. This reader refuses:
 
 - missing files, files ITK cannot decode, and truncated NIfTI files, ``.nii`` and ``.nii.gz`` alike (the missing
-  voxels would come back as zeros; see :mod:`nnunet_qpg.nifti_check`);
+  voxels would come back as zeros; see :mod:`nnunet_qpg.imaging.nifti_check`);
 - images with the wrong number of dimensions or more than one component per voxel, when the caller says;
 - non-finite values (NaN, +-inf), unless the caller asks to replace them: ``non_finite="replace"`` sets NaN and
   -inf to the image's lowest finite value and +inf to its highest (for CT: air and the densest tissue), so a
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from nnunet_qpg.nifti_check import count_non_finite, locate_non_finite, truncation_problem
+from nnunet_qpg.imaging.nifti_check import count_non_finite, locate_non_finite, truncation_problem
 
-__all__ = ["NON_FINITE_CHOICES", "UnreadableImageError", "read_image", "read_image_header"]
+__all__ = ["NON_FINITE_CHOICES", "UnreadableImageError", "error_line", "read_image", "read_image_header"]
 
 NON_FINITE_CHOICES = ("refuse", "replace")
 
@@ -34,7 +34,9 @@ class UnreadableImageError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
-def _last_line(error: Exception) -> str:
+def error_line(error: Exception) -> str:
+    """The last non-empty line of an error's message (ITK's multi-line exceptions end with the reason), else the
+    error's type name."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
@@ -58,7 +60,7 @@ def read_image_header(path: Path | str, dimension: int | None = None) -> sitk.Im
         reader.ReadImageInformation()
     except RuntimeError as error:
         raise UnreadableImageError(path, f"cannot be read as an image (corrupt or not an image): "
-                                         f"{_last_line(error)}; re-export or copy the file again") from None
+                                         f"{error_line(error)}; re-export or copy the file again") from None
     problem = truncation_problem(path)
     if problem:
         raise UnreadableImageError(path, problem)
@@ -80,7 +82,7 @@ def read_image(path: Path | str, dimension: int | None = None, non_finite: str =
         # handed straight on: the replace path drops the image once it has its pixels (two copies at most)
         return _checked_finite(path, sitk.ReadImage(str(path)), non_finite)
     except RuntimeError as error:
-        raise UnreadableImageError(path, f"is corrupt (its voxels cannot be decoded): {_last_line(error)}; "
+        raise UnreadableImageError(path, f"is corrupt (its voxels cannot be decoded): {error_line(error)}; "
                                          f"re-export or copy the file again") from None
 
 

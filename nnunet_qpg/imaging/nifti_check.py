@@ -25,24 +25,50 @@ import numpy as np
 NIFTI1_HEADER_BYTES, NIFTI2_HEADER_BYTES = 348, 540
 
 
-def _expected_uncompressed_size(header: bytes) -> int | None:
-    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header; None if the header is neither."""
+@dataclass(frozen=True)
+class _Header:
+    """The fields of a NIfTI-1 or NIfTI-2 header that the checks need."""
+
+    byte_order: str  # struct's "<" or ">"
+    datatype: int
+    bits_per_voxel: int
+    dims: tuple[int, ...]  # dim[1..dim[0]]: x fastest
+    voxel_offset: int
+
+    @property
+    def expected_size(self) -> int:
+        """vox_offset + voxel bytes: the uncompressed length of a complete file."""
+        return self.voxel_offset + prod(self.dims) * self.bits_per_voxel // 8
+
+
+NIFTI1_FIELDS_END = 112  # the NIfTI-1 fields read below end with vox_offset at bytes 108..112
+
+
+def _parse_header(header: bytes) -> _Header | None:
+    """The header's fields, in whichever byte order its sizeof_hdr reads right; None if it is neither a NIfTI-1
+    nor a NIfTI-2 header (or too short to hold the fields), or its dim[0] is not 1..7."""
     for order in "<>":
         size_of_header = struct.unpack(f"{order}i", header[:4])[0]
-        if size_of_header == NIFTI1_HEADER_BYTES:
+        if size_of_header == NIFTI1_HEADER_BYTES and len(header) >= NIFTI1_FIELDS_END:
             dims = struct.unpack(f"{order}8h", header[40:56])
-            bits_per_voxel = struct.unpack(f"{order}h", header[72:74])[0]
+            datatype, bits_per_voxel = struct.unpack(f"{order}2h", header[70:74])
             voxel_offset = int(struct.unpack(f"{order}f", header[108:112])[0])
         elif size_of_header == NIFTI2_HEADER_BYTES and len(header) >= NIFTI2_HEADER_BYTES:
-            bits_per_voxel = struct.unpack(f"{order}h", header[14:16])[0]
+            datatype, bits_per_voxel = struct.unpack(f"{order}2h", header[12:16])
             dims = struct.unpack(f"{order}8q", header[16:80])
             voxel_offset = struct.unpack(f"{order}q", header[168:176])[0]
         else:
             continue
         if not 1 <= dims[0] <= 7:
             return None
-        return voxel_offset + prod(dims[1 : dims[0] + 1]) * bits_per_voxel // 8
+        return _Header(order, datatype, bits_per_voxel, tuple(dims[1 : dims[0] + 1]), voxel_offset)
     return None
+
+
+def _expected_uncompressed_size(header: bytes) -> int | None:
+    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header; None if the header is neither."""
+    fields = _parse_header(header)
+    return None if fields is None else fields.expected_size
 
 
 # NIfTI datatype codes of the real floating-point types, and their numpy types
@@ -51,23 +77,11 @@ FLOAT_DATATYPES = {16: "f4", 64: "f8"}
 
 def _float_layout(header: bytes) -> tuple[str, int, tuple[int, ...]] | None:
     """(numpy dtype with byte order, vox_offset, numpy shape) for a float NIfTI header, else None."""
-    for order in "<>":
-        size_of_header = struct.unpack(f"{order}i", header[:4])[0]
-        if size_of_header == NIFTI1_HEADER_BYTES:
-            datatype = struct.unpack(f"{order}h", header[70:72])[0]
-            dims = struct.unpack(f"{order}8h", header[40:56])
-            voxel_offset = int(struct.unpack(f"{order}f", header[108:112])[0])
-        elif size_of_header == NIFTI2_HEADER_BYTES and len(header) >= NIFTI2_HEADER_BYTES:
-            datatype = struct.unpack(f"{order}h", header[12:14])[0]
-            dims = struct.unpack(f"{order}8q", header[16:80])
-            voxel_offset = struct.unpack(f"{order}q", header[168:176])[0]
-        else:
-            continue
-        if datatype not in FLOAT_DATATYPES or not 1 <= dims[0] <= 7:
-            return None
-        # NIfTI stores x fastest: in C order the shape is reversed, as SimpleITK's GetArrayFromImage gives it
-        return f"{order}{FLOAT_DATATYPES[datatype]}", voxel_offset, tuple(reversed(dims[1 : dims[0] + 1]))
-    return None
+    fields = _parse_header(header)
+    if fields is None or fields.datatype not in FLOAT_DATATYPES:
+        return None
+    # NIfTI stores x fastest: in C order the shape is reversed, as SimpleITK's GetArrayFromImage gives it
+    return f"{fields.byte_order}{FLOAT_DATATYPES[fields.datatype]}", fields.voxel_offset, tuple(reversed(fields.dims))
 
 
 CHUNK_BYTES = 1 << 24
