@@ -65,6 +65,12 @@ class SlicePreprocessing:
             raise ModelFolderError(f"{dataset_json} cannot be read as JSON ({error}); copy the model folder "
                                    f"again") from None
         settings = content.get("conversion") if isinstance(content, dict) else None
+        if isinstance(settings, dict) and settings.get("task") == "volume":
+            raise ModelFolderError(
+                f"{dataset_json} records a model trained on whole 3D volumes (convert-kits19 --task volume); "
+                f"predict and predict-kits19 run 2D slice models. Predict 3D volumes with nnU-Net itself: "
+                f"nnUNetv2_predict -i IN -o OUT -d DATASET -c 3d_fullres -tr TRAINER"
+            )
         if not isinstance(settings, dict) or not {"window", "denoise", "size"} <= set(settings):
             raise ModelFolderError(
                 f"{dataset_json} has no 'conversion' settings (window, denoise, size): this model was not trained on "

@@ -336,3 +336,28 @@ def test_item14_bad_outputs_devices_parts_and_folds_get_messages_before_the_mode
     done = run_cli(predict_argv(inputs, tmp_path / "new" / "out", broken_model), model.env)
     assert done.returncode == 2 and f"predict: {broken_checkpoint} " in done.stderr
     assert_unchanged(before, snapshot(tmp_path), "the work folder")
+
+
+def test_a_3d_volume_model_is_sent_to_nnunet_instead_of_crashing(tmp_path, capsys):
+    import json
+
+    from nnunet_qpg.cli import main
+
+    model = tmp_path / "Dataset703_KiTS19Volumes" / "nnUNetTrainerQPG__nnUNetPlans__3d_fullres"
+    model.mkdir(parents=True)
+    (model / "plans.json").write_text("{}")
+    (model / "fold_0").mkdir()
+    import torch
+
+    torch.save({"network_weights": {}, "trainer_name": "nnUNetTrainerQPG"}, model / "fold_0" / "checkpoint_final.pth")
+    (model / "dataset.json").write_text(json.dumps({"conversion": {"task": "volume", "preset": "none", "window": None,
+                                                                   "denoise": False, "size": None}}))
+    import numpy as np
+    import SimpleITK as sitk
+
+    (tmp_path / "ct").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.int16)), str(tmp_path / "ct" / "a.nii.gz"))
+    code = main(["predict", "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "masks"), "-m", str(model),
+                 "-device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "whole 3D volumes" in err and "nnUNetv2_predict" in err and "Traceback" not in err
