@@ -112,3 +112,72 @@ def write_trainer_module(folder: Path | str, module_name: str, source: str) -> P
     path = folder / f"{module_name}.py"
     path.write_text(source)
     return path
+
+
+def make_tiny_3d_dataset(raw_dir: Path | str, dataset_id: int = 911, num_cases: int = 6,
+                         shape: tuple[int, int, int] = (24, 32, 32),
+                         spacing: tuple[float, float, float] = (3.0, 0.8, 0.8), name: str = "TinyKidney3D",
+                         regions: bool = False, seed: int = 0) -> Path:
+    """Write ``Dataset{id}_{name}`` under ``raw_dir``: 3D NIfTI CT-like volumes with a kidney and a tumour.
+
+    ``shape`` and ``spacing`` are (z, y, x), as numpy arrays and KiTS19 list them; the default anisotropic
+    spacing (3.0, 0.8, 0.8) makes nnU-Net plan a 1x3x3 first kernel, as it does for KiTS. Label 1 is an
+    ellipsoidal "kidney" blob, label 2 a smaller "tumour" sphere inside it (its position and size vary per case).
+    ``regions=True`` writes nnU-Net's region-based dataset.json as its KiTS setup does: regions kidney = {1, 2}
+    and tumor = {2}, ``regions_class_order`` [1, 2] (predictions still come back as labels 0 / 1 / 2). Returns the
+    dataset folder.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(raw_dir) / f"Dataset{dataset_id:03d}_{name}"
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    shape = tuple(int(s) for s in shape)
+    zz, yy, xx = np.meshgrid(*(np.arange(s, dtype=np.float32) for s in shape), indexing="ij")
+    for case in range(num_cases):
+        radii = np.array(shape, dtype=np.float32) * rng.uniform(0.22, 0.32, size=3)
+        centre = np.array(shape, dtype=np.float32) / 2 + rng.uniform(-0.1, 0.1, size=3) * np.array(shape)
+        kidney = ((zz - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2 \
+            + ((xx - centre[2]) / radii[2]) ** 2 <= 1.0
+        tumour_centre = centre + rng.uniform(-0.3, 0.3, size=3) * radii
+        tumour_radius = 0.45 * radii
+        tumour = kidney & (((zz - tumour_centre[0]) / tumour_radius[0]) ** 2
+                           + ((yy - tumour_centre[1]) / tumour_radius[1]) ** 2
+                           + ((xx - tumour_centre[2]) / tumour_radius[2]) ** 2 <= 1.0)
+        label = kidney.astype(np.uint8)
+        label[tumour] = 2
+        image = (rng.normal(0.0, 20.0, shape) + 150.0 * kidney + 100.0 * tumour - 50.0).astype(np.float32)
+        for array, path in ((image, folder / "imagesTr" / f"case_{case:03d}_0000.nii.gz"),
+                            (label, folder / "labelsTr" / f"case_{case:03d}.nii.gz")):
+            itk = sitk.GetImageFromArray(array)
+            itk.SetSpacing(tuple(float(s) for s in spacing[::-1]))  # SimpleITK orders spacing (x, y, z)
+            sitk.WriteImage(itk, str(path))
+    if regions:
+        labels: dict = {"background": 0, "kidney": [1, 2], "tumor": 2}
+    else:
+        labels = {"background": 0, "kidney": 1, "tumor": 2}
+    dataset_json = {
+        "channel_names": {"0": "CT"},
+        "labels": labels,
+        "numTraining": num_cases,
+        "file_ending": ".nii.gz",
+        "name": name,
+    }
+    if regions:
+        dataset_json["regions_class_order"] = [1, 2]
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder
+
+
+def run_commands(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 600
+                 ) -> list[subprocess.CompletedProcess]:
+    """Run independent commands (``(args, env)`` pairs, as :func:`run_command`) at the same time; return their
+    completed processes in order, or raise the first failure once all have ended.
+
+    nnU-Net commands spend seconds importing and spawning worker processes, single-threaded: two at once use
+    2 cores where one leaves a core idle.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        futures = [pool.submit(run_command, args, env, timeout) for args, env in commands]
+        return [future.result() for future in futures]

@@ -1,6 +1,6 @@
 """QPGConv on every decoder convolution: stage convs, transposed convs and segmentation heads (the paper's
-scalability experiment). ``decoder.*`` does not reach the encoder: PlainConvUNet's decoder also holds the
-encoder as ``decoder.encoder``, but targets match canonical names only."""
+scalability experiment). ``decoder.*`` does not reach the encoder: nnU-Net's decoders (PlainConvUNet's and
+ResidualEncoderUNet's) also hold the encoder as ``decoder.encoder``, but targets match canonical names only."""
 
 from nnunet_qpg.nnunet_trainer import PaperProtocol, QPGConfig, nnUNetTrainerQPGBase
 
