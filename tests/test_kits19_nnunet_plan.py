@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from nnunet_qpg.cli import main as cli_main
 from nnunet_qpg.dataset_conversion.synth_kits19 import make_synthetic_kits19
+from nnunet_helpers import nnunet_command
 
 DATASET = "Dataset701_KiTS19Kidney2D"
-
-
-def nnunet_command(name: str) -> str:
-    beside_python = Path(sys.executable).with_name(name)
-    found = str(beside_python) if beside_python.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found beside {sys.executable} or on PATH; install nnunetv2")
-    return found
 
 
 @pytest.mark.slow

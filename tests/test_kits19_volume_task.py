@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import SimpleITK as sitk
 
 from nnunet_qpg.cli import main as cli_main
 from nnunet_qpg.dataset_conversion.synth_kits19 import make_synthetic_case, make_synthetic_kits19
+from nnunet_helpers import nnunet_command
 
 VOLUMES = "Dataset703_KiTS19Volumes"
 TRAIN_CASES, TEST_CASES, UNUSED_CASES = [0, 1, 2, 3], [180, 181], [200]
@@ -37,14 +36,6 @@ def source_file(case_dir: Path, name: str) -> Path:
 
 def geometry(image: sitk.Image) -> tuple:
     return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-
-
-def nnunet_command(name: str) -> str:
-    beside_python = Path(sys.executable).with_name(name)
-    found = str(beside_python) if beside_python.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found beside {sys.executable} or on PATH; install nnunetv2")
-    return found
 
 
 def mtimes(folder: Path) -> dict[str, int]:
