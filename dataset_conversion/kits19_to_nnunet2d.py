@@ -77,6 +77,8 @@ from nnunet_qpg.safe_io import (
     UnsafeOutputError,
     check_output_location,
     make_output_folder,
+    missing_folders,
+    remove_empty_folders,
     remove_file,
     write_json_atomically,
 )
@@ -385,16 +387,8 @@ def _create_output_folders(folders: list[tuple[Path, str]], created: list[Path])
     """Create each folder and prove it writable (safe_io.make_output_folder), remembering the folders that did not
     exist before, so a run that converts nothing can take them away again."""
     for folder, option in folders:
-        missing = [path for path in (folder, *folder.parents) if not path.exists() and not path.is_symlink()]
-        created.extend(path for path in reversed(missing) if path not in created)
+        created.extend(path for path in reversed(missing_folders(folder)) if path not in created)
         make_output_folder(folder, option)
-
-
-def _remove_empty(created: list[Path]) -> None:
-    """Remove the folders this run created, where they are still empty (deepest first)."""
-    for folder in sorted(created, key=lambda path: len(path.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 # -- dataset files --------------------------------------------------------------------------------------------------
@@ -587,7 +581,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         # a run that converted nothing leaves no empty Dataset skeleton behind (datasets with cases stay whole)
         kept = [dataset.folder for dataset in datasets.values() if _has_records(dataset)]
-        _remove_empty([path for path in created if not any(path == k or k in path.parents for k in kept)])
+        remove_empty_folders(path for path in created if not any(path == k or k in path.parents for k in kept))
 
 
 def _has_records(dataset: RawDataset) -> bool:

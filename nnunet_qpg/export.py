@@ -42,7 +42,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from nnunet_qpg.inference import missing_model_files
 from nnunet_qpg.safe_io import (
+    missing_folders,
+    remove_empty_folders,
     check_output_location,
     copy_file_atomically,
     load_checkpoint,
@@ -242,17 +245,6 @@ def _read_json(path: Path, what: str) -> dict:
     return content
 
 
-def _check_model_folder(model_folder: Path) -> None:
-    if not model_folder.is_dir():
-        problem = "is a file" if model_folder.exists() else "does not exist"
-        raise ExportError(f"model folder {model_folder} {problem}; give a trained nnU-Net model folder, e.g. "
-                          f"$nnUNet_results/Dataset701_KiTS19Kidney2D/nnUNetTrainerQPG__nnUNetPlans__2d")
-    for name in ("plans.json", "dataset.json"):
-        if not (model_folder / name).is_file():
-            raise ExportError(f"{model_folder / name} is missing: give a trained nnU-Net model folder "
-                              f"(holding plans.json, dataset.json and fold_X/)")
-
-
 def _select_checkpoints(model_folder: Path, folds: Sequence[str | int] | None,
                         names: Sequence[str] | None) -> tuple[dict[str, list[str]], list[str]]:
     """fold folder name -> checkpoint names to export (in order), and the fold folders skipped.
@@ -326,15 +318,6 @@ def _enclosing_model_folder(folder: Path) -> Path | None:
     return None
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """`folder` and its ancestors that do not exist yet, deepest first."""
-    missing = []
-    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
 # -- the export ---------------------------------------------------------------------------------------------------
 
 def export_model(model_folder: Path | str, results_root: Path | str,
@@ -349,7 +332,9 @@ def export_model(model_folder: Path | str, results_root: Path | str,
     UnsafeCheckpointError name the problem and leave everything as it was.
     """
     model_folder, results_root = Path(model_folder), Path(results_root)
-    _check_model_folder(model_folder)
+    problem = missing_model_files(model_folder, "checkpoint_*.pth")
+    if problem:
+        raise ExportError(f"model folder {problem}")
     name = parse_model_folder(model_folder)
     selection, skipped = _select_checkpoints(model_folder, folds, checkpoint_names)
     source = model_folder.resolve()
@@ -366,15 +351,13 @@ def export_model(model_folder: Path | str, results_root: Path | str,
                           f"holds dataset folders (like $nnUNet_results): give {out.parent}")
     check_output_location(target, models=[model_folder], option="export folder")
     replaces = _is_earlier_export(target, source)
-    created = _missing_folders(target.parent)
+    created = missing_folders(target.parent)
     try:
         make_output_folder(results_root, "OUT")
         make_output_folder(target.parent, "OUT's dataset folder")
         result = _write_export(model_folder, source, name, target, selection, check_tolerance)
     except BaseException:
-        for folder in created:  # only the empty folders this run made
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty_folders(created)  # only the empty folders this run made
         raise
     result.skipped_folds = skipped
     result.replaced_earlier_export = replaces

@@ -175,6 +175,20 @@ def _available_folds(model_folder: Path, checkpoint_name: str) -> list[int]:
     return sorted(folds)
 
 
+def missing_model_files(model_folder: Path, checkpoint_name: str = "checkpoint_final.pth") -> str | None:
+    """Why ``model_folder`` cannot be a trained nnU-Net model folder (not a folder, no plans.json or dataset.json),
+    as a sentence naming the path and the fix, or None. Predict and export share it."""
+    holding = f"(holding plans.json, dataset.json and fold_X/{checkpoint_name})"
+    if not model_folder.is_dir():
+        what = "is a file" if model_folder.exists() else "does not exist"
+        return (f"{model_folder} {what}: give the trained model folder {holding}, e.g. "
+                f"$nnUNet_results/Dataset701_KiTS19Kidney2D/nnUNetTrainerQPG__nnUNetPlans__2d")
+    for name in ("plans.json", "dataset.json"):
+        if not (model_folder / name).is_file():
+            return f"{model_folder / name} is missing: give the trained model folder {holding}"
+    return None
+
+
 def choose_model(model_folder: Path | str, folds: Sequence[str | int] | None,
                  checkpoint_name: str = "checkpoint_final.pth", option: str = "-m") -> ModelChoice:
     """Check a trained model folder without loading anything heavy, and fix the folds prediction will use.
@@ -183,13 +197,9 @@ def choose_model(model_folder: Path | str, folds: Sequence[str | int] | None,
     naming the missing file (plans.json, dataset.json, fold_X/checkpoint) and what is there instead.
     """
     model_folder = Path(model_folder)
-    if not model_folder.is_dir():
-        raise ModelFolderError(f"{option} {model_folder} is not a folder: give the trained model folder (holding "
-                               f"plans.json, dataset.json and fold_X/{checkpoint_name})")
-    for name in ("plans.json", "dataset.json"):
-        if not (model_folder / name).is_file():
-            raise ModelFolderError(f"{model_folder / name} is missing: give the trained model folder "
-                                   f"(holding plans.json, dataset.json and fold_X/{checkpoint_name})")
+    problem = missing_model_files(model_folder, checkpoint_name)
+    if problem:
+        raise ModelFolderError(f"{option}: {problem}")
     available = _available_folds(model_folder, checkpoint_name)
     if folds is None:
         if not available:

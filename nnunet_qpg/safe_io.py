@@ -45,7 +45,9 @@ __all__ = [
     "guarded",
     "load_checkpoint",
     "make_output_folder",
+    "missing_folders",
     "refuse_link",
+    "remove_empty_folders",
     "remove_file",
     "replace_folder",
     "save_torch_atomically",
@@ -177,6 +179,24 @@ def make_output_folder(folder: PathLike, option: str = "output folder") -> Path:
         raise UnsafeOutputError(f"cannot write into {option} {folder}: {error.strerror or error}; choose a "
                                 f"folder you can write to, or fix its permissions") from None
     return folder
+
+
+def missing_folders(folder: PathLike) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what ``mkdir(parents=True)``
+    creates, so a run that fails can take back exactly those with :func:`remove_empty_folders`."""
+    folder = Path(folder)
+    missing = []
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: Iterable[PathLike]) -> None:
+    """Remove those of ``folders`` that are empty, deepest first; a folder that holds anything stays."""
+    for folder in sorted(map(Path, folders), key=lambda path: len(path.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _is_within(path: Path, folder: Path) -> bool:

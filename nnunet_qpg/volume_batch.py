@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Callable, Sequence
 
 import SimpleITK as sitk
 
+from nnunet_qpg.commands.arguments import non_negative_int, positive_int
 from nnunet_qpg.imaging.case_names import collision_problem, files_by_case, list_volumes
 from nnunet_qpg.imaging.reading import NON_FINITE_CHOICES, UnreadableImageError, error_line, read_image_header
 from nnunet_qpg.inference import AxialVolume, ModelFolderError, parse_fold, read_axial_volume, this_part
@@ -46,6 +46,8 @@ from nnunet_qpg.safe_io import (
     UnsafeOutputError,
     check_output_location,
     make_output_folder,
+    missing_folders,
+    remove_empty_folders,
     write_image_atomically,
 )
 
@@ -259,31 +261,6 @@ def _model_digest(files: Sequence[Path]) -> str:
         raise ModelFolderError(f"cannot read {error.filename}: {error.strerror or error}") from None
 
 
-def _top_created_folder(folder: Path) -> Path | None:
-    """The outermost folder that ``mkdir(parents=True)`` of ``folder`` would create (None if it exists)."""
-    top = None
-    for candidate in [folder.absolute(), *folder.absolute().parents]:
-        if candidate.exists() or candidate.is_symlink():
-            break
-        top = candidate
-    return top
-
-
-def _remove_empty_folders(folder: Path, top: Path | None) -> None:
-    """Undo an output folder this run created (and its new parents) when nothing was written into it."""
-    if top is None:
-        return
-    current = folder.absolute()
-    while True:
-        try:
-            os.rmdir(current)
-        except OSError:
-            return
-        if current == top:
-            return
-        current = current.parent
-
-
 def run_prediction_batch(command: str, args: argparse.Namespace,
                          setup: Callable[[str], tuple[Callable[[], PredictFn], Sequence[Path]]],
                          models: Sequence[Path] = ()) -> int:
@@ -296,7 +273,7 @@ def run_prediction_batch(command: str, args: argparse.Namespace,
     the model folders, which the output must not lie in. The order of the checks is the module docstring's:
     nothing is loaded before the output folder is known to be writable.
     """
-    created_top = None
+    created: list[Path] = []
     try:
         check_batch_arguments(args)
         if not args.input.is_dir():
@@ -307,7 +284,7 @@ def run_prediction_batch(command: str, args: argparse.Namespace,
         check_output_location(args.output, inputs=[args.input], models=models, option="-o")
         device = checked_device(args.device)  # imports torch: after the checks that need nothing
         load, model_files = setup(device)
-        created_top = _top_created_folder(args.output)
+        created = missing_folders(args.output)
         make_output_folder(args.output, "-o")
         predict = load()
         outcome = predict_folder(args.input, args.output, predict, num_parts=args.num_parts,
@@ -315,7 +292,7 @@ def run_prediction_batch(command: str, args: argparse.Namespace,
                                  command=command, model_digest=_model_digest(model_files))
     except (BatchSetupError, ModelFolderError, UnsafeOutputError, UnsafeCheckpointError, FileNotFoundError,
             NotADirectoryError, ValueError) as error:
-        _remove_empty_folders(args.output, created_top)
+        remove_empty_folders(created)
         prefix = f"nnunet-qpg {command}: error:" if isinstance(error, BatchSetupError) else f"{command}:"
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
@@ -325,27 +302,6 @@ def run_prediction_batch(command: str, args: argparse.Namespace,
         return 2
     print(outcome.summary(command, args.output))
     return 1 if outcome.skipped else 0
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
 def fold_argument(text: str) -> int | str:
@@ -363,9 +319,9 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help="folder for the masks ({case}.nii.gz); created if missing. It must not be the input "
                              "folder, lie inside it or hold it, nor lie inside a model folder")
-    parser.add_argument("--num-parts", type=_positive_int, default=1,
+    parser.add_argument("--num-parts", type=positive_int, default=1,
                         help="split the batch into this many parts (default 1)")
-    parser.add_argument("--part-id", type=_non_negative_int, default=0,
+    parser.add_argument("--part-id", type=non_negative_int, default=0,
                         help="which part this run predicts, 0..num-parts-1")
     parser.add_argument("--overwrite", action="store_true",
                         help="predict again volumes whose mask exists and replace it, also masks of other inputs "

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nnunet_qpg.commands.arguments import positive_int
 from nnunet_qpg.config import MODES, POSTS, QPGConfig
 
 HEADS = "decoder.seg_layers.*"
@@ -200,13 +201,6 @@ def command_line_of(args: argparse.Namespace, targets: list[str], train_only: li
     return shlex.join([*words, "-o", str(args.output)])
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="class (and file) name, a Python identifier, e.g. nnUNetTrainerQPGBottleneck")
     parser.add_argument("--targets", nargs="+", required=True, metavar="PATTERN",
@@ -214,16 +208,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=tuple(MODES), default="replace",
                         help="replace: QPGConv; adapter: QPGAConv over the frozen kernel; lora: ConvLoRA (default: replace)")
     parser.add_argument("--post", choices=tuple(POSTS), default="lpp", help="post-processing, paper Eqs. 3-5 (default: lpp)")
-    parser.add_argument("--blocks", type=_positive, default=1, help="circuit blocks K (default: 1, the paper's)")
-    parser.add_argument("--rank", type=_positive, default=8, help="LoRA rank r for --mode lora (default: 8)")
+    parser.add_argument("--blocks", type=positive_int, default=1, help="circuit blocks K (default: 1, the paper's)")
+    parser.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r for --mode lora (default: 8)")
     parser.add_argument("--train-only", nargs="*", default=None, metavar="PATTERN",
                         help="freeze everything except the QPG/LoRA parameters and these modules. Default: nothing "
                              f"frozen for --mode replace; only the heads ('{HEADS}') trained besides the adapters "
                              "for adapter / lora. Give it with no pattern to train the adapters alone")
     parser.add_argument("--paper-schedule", action="store_true",
                         help="the paper's protocol: Adam lr 1e-3, weight decay 5e-4, constant LR, 20 epochs")
-    parser.add_argument("--epochs", type=_positive, default=None, help="number of epochs (default: nnU-Net's / paper's)")
-    parser.add_argument("--iterations-per-epoch", type=_positive, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None, help="number of epochs (default: nnU-Net's / paper's)")
+    parser.add_argument("--iterations-per-epoch", type=positive_int, default=None,
                         help="training iterations per epoch (default: nnU-Net's 250); validation iterations follow "
                              "nnU-Net's 5:1 ratio")
     parser.add_argument("-o", "--output", type=Path, default=Path("."), help="folder to write NAME.py into (default: .)")

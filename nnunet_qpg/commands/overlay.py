@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from nnunet_qpg.commands.arguments import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, required=True, help="folder of images or volumes (or KiTS19 folder)")
@@ -26,18 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prediction", action="append", default=[], metavar="NAME=FOLDER", required=True,
                         help="a model's predicted masks; repeat for several models")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the PNG files")
-    parser.add_argument("--max", type=_positive, default=8, help="at most this many figures (default 8)")
+    parser.add_argument("--max", type=positive_int, default=8, help="at most this many figures (default 8)")
     parser.add_argument("--cases", nargs="+", default=None, help="only these case names")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _parse_predictions(items: list[str]) -> dict[str, Path]:

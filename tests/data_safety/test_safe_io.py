@@ -21,6 +21,8 @@ from nnunet_qpg.safe_io import (
     check_output_location,
     load_checkpoint,
     make_output_folder,
+    missing_folders,
+    remove_empty_folders,
     replace_folder,
     staging_folder,
     write_image_atomically,
@@ -110,6 +112,18 @@ def test_unwritable_or_file_outputs_are_named_before_any_work(tmp_path, read_onl
         make_output_folder(read_only_folder, "-o")
     with pytest.raises(UnsafeOutputError, match="cannot write into -o"):
         make_output_folder(read_only_folder / "masks", "-o")
+
+
+def test_a_failed_run_takes_back_exactly_the_empty_folders_it_created(tmp_path):
+    (tmp_path / "existing").mkdir()
+    target = tmp_path / "existing" / "a" / "b" / "c"
+    created = missing_folders(target)
+    assert created == [target, target.parent, target.parent.parent]
+    target.mkdir(parents=True)
+    (target.parent / "kept.txt").write_text("written by someone")
+    remove_empty_folders(created)
+    assert not target.exists() and (target.parent / "kept.txt").is_file() and (tmp_path / "existing").is_dir()
+    assert missing_folders(tmp_path / "existing") == []
 
 
 def test_a_folder_is_replaced_whole_and_staging_never_stays(tmp_path):

@@ -1,0 +1,31 @@
+"""argparse ``type=`` checks the commands share, so a bad number reads the same everywhere
+("argument --num-parts: must be at least 1, got 0") and never ends in a traceback."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["non_negative_int", "positive_int"]
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
