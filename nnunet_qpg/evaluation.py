@@ -62,12 +62,12 @@ class Evaluation:
 
     def summary(self) -> dict:
         """Mean and std over the scored images (and volumes); ``None`` where nothing was scored (never NaN)."""
-        iou_mean, iou_std = _mean_and_std_or_none(row["iou"] for row in self.images)
-        dsc_mean, dsc_std = _mean_and_std_or_none(row["dsc"] for row in self.images)
+        iou_mean, iou_std = mean_and_std(row["iou"] for row in self.images)
+        dsc_mean, dsc_std = mean_and_std(row["dsc"] for row in self.images)
         result = {"images": len(self.images), "iou_mean": iou_mean, "iou_std": iou_std,
                   "dsc_mean": dsc_mean, "dsc_std": dsc_std}
         if self.volumes:
-            dice_mean, dice_std = _mean_and_std_or_none(row["dice_3d"] for row in self.volumes)
+            dice_mean, dice_std = mean_and_std(row["dice_3d"] for row in self.volumes)
             result.update(volumes=len(self.volumes), dice_3d_mean=dice_mean, dice_3d_std=dice_std)
         return result
 
@@ -86,11 +86,6 @@ class Evaluation:
             "missing_predictions": self.missing_predictions,
             "unscored": self.unscored,
         }
-
-
-def _mean_and_std_or_none(values: Iterable[float]) -> tuple[float | None, float | None]:
-    values = list(values)
-    return mean_and_std(values) if values else (None, None)
 
 
 @dataclass

@@ -59,11 +59,11 @@ def foreground(labels: np.ndarray, label_values: Sequence[int] | None) -> np.nda
     return np.isin(labels, np.asarray(label_values))
 
 
-def mean_and_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and population standard deviation; NaN for an empty list."""
+def mean_and_std(values: Iterable[float]) -> tuple[float | None, float | None]:
+    """Mean and population standard deviation; (None, None) for an empty list (no value, and valid JSON)."""
     array = np.asarray(list(values), dtype=float)
     if array.size == 0:
-        return float("nan"), float("nan")
+        return None, None
     return float(array.mean()), float(array.std())
 
 

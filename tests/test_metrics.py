@@ -31,6 +31,7 @@ def test_empty_mask_convention():
 
 def test_mean_and_population_std():
     assert mean_and_std([0.5, 1.0]) == (pytest.approx(0.75), pytest.approx(0.25))
+    assert mean_and_std([]) == (None, None)  # no value, never NaN (which is not JSON)
 
 
 def _write(array: np.ndarray, path, direction=None) -> None:
