@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_qpg.imaging.reading import error_line
 from nnunet_qpg.safe_io import (
     UnsafeOutputError,
     copy_file_atomically,
@@ -307,8 +308,7 @@ class CaseWriter:
                 try:
                     sitk.WriteImage(picture, str(staged_path), useCompression=True)
                 except RuntimeError as error:  # ITK reports a full disk or a lost folder as a RuntimeError
-                    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-                    raise OutputWriteError(self.staging, lines[-1] if lines else "the image could not be written")
+                    raise OutputWriteError(self.staging, error_line(error))
             os.chmod(staged_path, file_mode())  # the user's umask, whatever ITK's writer did
         if (staged_path, final_path) not in self._staged:  # staged again (e.g. rewritten): moved once
             self._staged.append((staged_path, final_path))
