@@ -21,9 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_qpg.postprocessing import POST_PROCESSING, PostProcessing, make_post_processing
-from nnunet_qpg.simulator import (half_register_factors, num_qubits_for, ring_outer_product,
-                                  to_ring_source_order)
-from nnunet_qpg.torchquantum_backend import BACKENDS, simulate
+from nnunet_qpg.simulator import KernelLayout, SourceOrderBase, check_backend, generate_kernel, one_block_fusable
 
 __all__ = ["CONV_TYPES", "GeneratedKernelConv", "QPGConv", "QPGAConv", "ConvLoRA", "is_convolution"]
 
@@ -193,14 +191,13 @@ class _QuantumGenerated(GeneratedKernelConv):
             raise ValueError(f"blocks must be an integer >= 1 (the paper uses 1), got {blocks!r}")
         if str(post).lower() not in POST_PROCESSING:
             make_post_processing(post, 1, 1)  # raises the message that lists the accepted names
-        in_axis, out_axis = (0, 1) if self.transposed else (1, 0)
-        c_in, c_out = self.weight_shape[in_axis], self.weight_shape[out_axis]
-        self.target_axis: int = in_axis if c_in <= c_out else out_axis
+        self.layout = KernelLayout(tuple(self.weight_shape), self.transposed)
+        self.target_axis: int = self.layout.target_axis
         self.other_axis: int = 1 - self.target_axis
-        self.target_channels: int = self.weight_shape[self.target_axis]
-        self.other_channels: int = self.weight_shape[self.other_axis]
-        self.num_qubits: int = num_qubits_for(self.other_channels)
-        self.num_vqcs: int = self.target_channels * math.prod(self.kernel_size)
+        self.target_channels: int = self.layout.target_channels
+        self.other_channels: int = self.layout.other_channels
+        self.num_qubits: int = self.layout.num_qubits
+        self.num_vqcs: int = self.layout.num_vqcs
         self.blocks: int = blocks
         self.post_name: str = str(post).lower()
         reference = conv.weight
@@ -213,9 +210,9 @@ class _QuantumGenerated(GeneratedKernelConv):
         self.backend: str = "native"
 
     def set_backend(self, backend: str) -> None:
-        """Simulate with ``"native"`` (default, batched) or ``"torchquantum"`` (gate by gate, for comparison)."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown simulation backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+        """Simulate with ``"native"`` (default, batched), ``"torchquantum"`` (gate by gate, for comparison) or
+        another registered backend (:func:`nnunet_qpg.simulator.backend_names`)."""
+        check_backend(backend)
         self.backend = backend
 
     @property
@@ -223,54 +220,13 @@ class _QuantumGenerated(GeneratedKernelConv):
         """The paper's QPG parameter count: the number of VQC angles."""
         return self.theta.numel()
 
-    def _one_block_path(self) -> bool:
-        """One block on the native backend: the fused outer-product path (``ring_outer_product``) applies."""
-        foldable = self.post.name == "rce" or self.post.affine(self.theta.dtype) is not None
-        return self.backend == "native" and self.blocks == 1 and self.num_qubits >= 2 and foldable
-
-    def _fused_kernel(self, base_source: torch.Tensor | None = None) -> torch.Tensor:
-        """One block: Eq. 1's readout and the post-processing (Eqs. 3-5) in one fused pass, plus a base tensor.
-
-        The state before the CNOT ring is a product state, so every VQC's readout is a sum of one or two outer
-        products of half-register vectors; the affine strategies (LPP, SST) fold into them and the ring is one
-        row gather. ``base_source`` (``[2^n, num_vqcs]`` in ring source order, see :meth:`_to_source_order`) is
-        added in the same pass (QPGAConv's W, Eq. 7).
-        """
-        x, y = half_register_factors(self.theta, self.post.readout)
-        affine = self.post.affine(x.dtype)
-        offset = None
-        if affine is not None:
-            scale, offset = affine
-            x = x * scale
-        if base_source is not None and base_source.dtype != x.dtype:
-            base_source = base_source.to(x.dtype)
-        out = ring_outer_product(x, y, self.other_channels, offset, base_source)  # [C_other, num_vqcs]
-        if self.target_axis == 1:  # the weight is [C_other, target, k...]: already its layout
-            return out.view(self.weight_shape)
-        out = out.view(self.other_channels, self.target_channels, -1).transpose(0, 1)
-        return out.contiguous().view(self.weight_shape)
-
-    def _to_source_order(self, weight: torch.Tensor) -> torch.Tensor:
-        """A weight-shaped tensor as ``[2^n, num_vqcs]`` rows in ring source order (the fused path's base)."""
-        if self.target_axis == 1:
-            rows = weight.reshape(self.other_channels, self.num_vqcs)
-        else:
-            rows = weight.reshape(self.target_channels, self.other_channels, -1).transpose(0, 1)
-            rows = rows.reshape(self.other_channels, self.num_vqcs)
-        return to_ring_source_order(rows, self.num_qubits)
+    def fused_one_block(self) -> bool:
+        """Whether generation takes the fused one-block pass (the paper's K = 1 on the native backend)."""
+        return one_block_fusable(self.blocks, self.num_qubits, self.post, self.theta.dtype, self.backend)
 
     def quantum_kernel(self) -> torch.Tensor:
         """The generated tensor of Eq. 6 / Eq. 8, shaped like the wrapped convolution's weight."""
-        if self._one_block_path():
-            return self._fused_kernel()
-        readout = simulate(self.theta, num_outputs=self.other_channels, backend=self.backend,
-                           readout=self.post.readout)
-        values = self.post(readout)  # [num_vqcs, C_other], rows ordered (target, k_1, k_2, ...)
-        values = values.reshape(self.target_channels, *self.kernel_size, self.other_channels)
-        spatial = list(range(1, 1 + self.num_spatial_dims))
-        last = 1 + self.num_spatial_dims
-        order = [0, last, *spatial] if self.target_axis == 0 else [last, 0, *spatial]
-        return values.permute(order).contiguous()
+        return generate_kernel(self.theta, self.layout, self.post, backend=self.backend)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, post={self.post_name!r}, blocks={self.blocks}, "
@@ -303,6 +259,7 @@ class QPGAConv(_QuantumGenerated):
         if self.bias is not None:
             self.bias.requires_grad_(train_bias)
         self.start_at_base = start_at_base
+        self._base_source = SourceOrderBase()
         if start_at_base:
             with torch.no_grad():
                 self.register_buffer("initial_increment", self.quantum_kernel().detach().clone())
@@ -312,25 +269,12 @@ class QPGAConv(_QuantumGenerated):
                   train_bias: bool = False) -> "QPGAConv":
         return cls(conv, post=post, blocks=blocks, start_at_base=start_at_base, train_bias=train_bias)
 
-    def _base_source(self) -> torch.Tensor:
-        """W (minus the initial increment with ``start_at_base``) in ring source order, rebuilt when W changes.
-
-        A derived copy, not a buffer: the state dict keeps the plain ``weight`` (pretrained weights, export).
-        """
-        tensors = (self.weight, self.initial_increment) if self.start_at_base else (self.weight,)
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        cached = getattr(self, "_base_source_cache", None)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                base = self.weight - self.initial_increment if self.start_at_base else self.weight
-                cached = (key, self._to_source_order(base))
-            self._base_source_cache = cached
-        return cached[1]
-
     def generate_weight(self) -> torch.Tensor:
-        if self._one_block_path() and not self.weight.requires_grad:
-            # Eq. 7 in one fused pass: W + increment without forming the increment (see _fused_kernel).
-            return self._fused_kernel(self._base_source())
+        base = (self.weight, self.initial_increment) if self.start_at_base else (self.weight,)
+        if self.fused_one_block() and not self.weight.requires_grad:
+            # Eq. 7 in one fused pass: W + increment without forming the increment.
+            base_source = self._base_source.get(self.layout, *base)
+            return generate_kernel(self.theta, self.layout, self.post, backend=self.backend, base_source=base_source)
         increment = self.quantum_kernel()
         if self.start_at_base:
             increment = increment - self.initial_increment

@@ -263,7 +263,7 @@ def test_fused_one_block_kernel_equals_the_dense_reference(make_conv, post, cls)
         with torch.no_grad():
             layer.post.projection.weight.normal_()
             layer.post.projection.bias.normal_()
-    assert layer._one_block_path()
+    assert layer.fused_one_block()
     weight = layer.generate_weight()
     reference = _reference_kernel(layer)
     assert weight.shape == layer.weight_shape and weight.is_contiguous()
@@ -285,7 +285,7 @@ def test_fused_one_block_kernel_gradcheck(make_conv, post, cls) -> None:
 
     torch.manual_seed(1)
     layer = cls.from_conv(make_conv().double(), post=post)
-    assert layer._one_block_path()
+    assert layer.fused_one_block()
     names = ["theta"] + (["post.projection.weight", "post.projection.bias"] if post == "lpp" else [])
     params = dict(layer.named_parameters())
     inputs = tuple(params[name].detach().clone().requires_grad_(True) for name in names)

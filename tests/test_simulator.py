@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nnunet_qpg.simulator import cnot_ring_permutation, num_qubits_for, simulate_vqcs
-from nnunet_qpg.torchquantum_backend import simulate, torchquantum_available
+from nnunet_qpg.simulator import simulate, torchquantum_available
 
 HADAMARD = np.array([[1, 1], [1, -1]], dtype=complex) / np.sqrt(2)
 

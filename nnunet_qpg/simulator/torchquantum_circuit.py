@@ -1,7 +1,7 @@
 """The same circuit (Eq. 1) built gate by gate with ``torchquantum.functional``, as the paper's authors ran it.
 
-A reference and a comparator for :func:`nnunet_qpg.simulator.simulate_vqcs`; select it with
-``simulate(theta, backend="torchquantum")``. Needs TorchQuantum 0.1.8 (see the README's install line).
+A leaf of the backend registry (:mod:`nnunet_qpg.simulator.backends`, name ``"torchquantum"``): it only builds
+the circuit and returns the final states. Needs TorchQuantum 0.1.8 (see the README's install line).
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ import warnings
 
 import torch
 
-from nnunet_qpg.simulator import readout_from_amplitudes, simulate_vqcs
+__all__ = ["INSTALL_HINT", "torchquantum_available", "torchquantum_states"]
 
-__all__ = ["BACKENDS", "simulate", "simulate_with_torchquantum", "torchquantum_available"]
-
-BACKENDS = ("native", "torchquantum")
-_INSTALL_HINT = (
+INSTALL_HINT = (
     "TorchQuantum is not installed. Install the working set with\n"
     '  pip install -e ".[torchquantum]" && pip install --no-deps torchquantum==0.1.8'
 )
@@ -28,7 +25,7 @@ def _import_torchquantum():
             import torchquantum as tq
             import torchquantum.functional as tqf
     except ImportError as error:
-        raise ImportError(f"{_INSTALL_HINT}\n(import failed: {error})") from error
+        raise ImportError(f"{INSTALL_HINT}\n(import failed: {error})") from error
     return tq, tqf
 
 
@@ -41,7 +38,7 @@ def torchquantum_available() -> bool:
     return True
 
 
-def simulate_with_torchquantum(theta: torch.Tensor, num_outputs: int | None = None) -> torch.Tensor:
+def torchquantum_states(theta: torch.Tensor, num_outputs: int | None = None) -> torch.Tensor:
     """Final states for ``theta`` ``[num_vqcs, K, 2, n]``, built with TorchQuantum gates (batch = VQCs)."""
     tq, tqf = _import_torchquantum()
     num_vqcs, num_blocks, _, n = theta.shape
@@ -60,14 +57,3 @@ def simulate_with_torchquantum(theta: torch.Tensor, num_outputs: int | None = No
                 tqf.cnot(qdev, wires=[q, (q + 1) % n])
     states = qdev.get_states_1d()
     return states if num_outputs is None else states[:, :num_outputs]
-
-
-def simulate(theta: torch.Tensor, num_outputs: int | None = None, backend: str = "native",
-             readout: str = "amplitudes") -> torch.Tensor:
-    """Final VQC states (or their ``readout``) with the chosen backend: ``"native"`` or ``"torchquantum"``."""
-    if backend == "native":
-        return simulate_vqcs(theta, num_outputs, readout)
-    if backend == "torchquantum":
-        return readout_from_amplitudes(simulate_with_torchquantum(theta, num_outputs), readout)
-    raise ValueError(f"unknown simulation backend {backend!r}; accepted: {', '.join(BACKENDS)}")
-
