@@ -7,7 +7,7 @@ from typing import Iterator
 
 from torch import nn
 
-from nnunet_qpg.layers import ConvLoRA, GeneratedKernelConv, _QuantumGenerated
+from nnunet_qpg.layers import ConvLoRA, GeneratedKernelConv, QuantumKernelConv
 
 __all__ = ["LayerRecord", "QPGReport", "count_trainable", "describe_layer"]
 
@@ -55,7 +55,7 @@ def describe_layer(name: str, layer: GeneratedKernelConv, aliases: list[str] | N
         classic_parameters=layer.classic_parameter_count,
         aliases=list(aliases or []),
     )
-    if isinstance(layer, _QuantumGenerated):
+    if isinstance(layer, QuantumKernelConv):
         record.qpg_parameters = layer.qpg_parameter_count
         record.post_processing_parameters = sum(p.numel() for p in layer.post.parameters())
         record.qubits = layer.num_qubits

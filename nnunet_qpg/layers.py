@@ -23,7 +23,7 @@ from torch import nn
 from nnunet_qpg.postprocessing import POST_PROCESSING, PostProcessing, make_post_processing
 from nnunet_qpg.simulator import KernelLayout, SourceOrderBase, check_backend, generate_kernel, one_block_fusable
 
-__all__ = ["CONV_TYPES", "GeneratedKernelConv", "QPGConv", "QPGAConv", "ConvLoRA", "is_convolution"]
+__all__ = ["CONV_TYPES", "ConvLoRA", "GeneratedKernelConv", "QPGAConv", "QPGConv", "QuantumKernelConv", "is_convolution"]
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -67,6 +67,11 @@ class GeneratedKernelConv(nn.Module):
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
         # (state key, kernel, snapshot of the tensors' values the kernel was generated from)
         self._cached_kernel: tuple[tuple, torch.Tensor, tuple[torch.Tensor, ...]] | None = None
+        # Set by the network's pre-forward hook (nnunet_qpg.generation_hooks), read once by this forward pass.
+        self._pending_kernel: torch.Tensor | None = None
+
+    # Whether torch.compile may trace generate_weight() in training (plain tensor algebra, e.g. ConvLoRA).
+    traceable_generation: bool = False
 
     # -- the kernel --------------------------------------------------------------------------------------------
     def generate_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
@@ -95,13 +100,24 @@ class GeneratedKernelConv(nn.Module):
             t.shape == s.shape and t.dtype == s.dtype and t.device == s.device and torch.equal(t, s)
             for t, s in zip(current, snapshot))
 
-    @torch.compiler.disable
     def kernel(self) -> torch.Tensor:
         """The kernel for this forward pass: generated with autograd, or cached in eval mode without grad.
 
-        Kept out of torch.compile graphs: the simulation is complex-valued and tiny, and the cache check reads
-        tensor versions, which compiled graphs cannot guard on.
+        When the whole network generated its kernels before this pass (``nnunet_qpg.generation_hooks``, one
+        batched call for every QPG layer), this layer takes its kernel from there; torch.compile reads it as a
+        graph input, so no layer breaks the graph.
         """
+        pending = self._pending_kernel
+        if pending is not None:
+            self._pending_kernel = None
+            return pending
+        if self.traceable_generation and (self.training or torch.is_grad_enabled()):
+            return self._generate_in_full_precision()
+        return self._kernel_outside_graph()
+
+    @torch.compiler.disable
+    def _kernel_outside_graph(self) -> torch.Tensor:
+        # Kept out of torch.compile graphs: the cache check reads tensor versions, which graphs cannot guard on.
         if self.training or torch.is_grad_enabled():
             self._cached_kernel = None
             return self._generate_in_full_precision()
@@ -176,7 +192,7 @@ class GeneratedKernelConv(nn.Module):
                 f"bias={self.bias is not None})")
 
 
-class _QuantumGenerated(GeneratedKernelConv):
+class QuantumKernelConv(GeneratedKernelConv):
     """Shared QPG machinery: one VQC per (target channel, kernel position), Eqs. 6-9 and SPEC section 3.
 
     The weight's input- and output-channel sizes C_in, C_out (for a convolution ``weight.shape[1]`` and
@@ -233,7 +249,7 @@ class _QuantumGenerated(GeneratedKernelConv):
                 f"vqcs={self.num_vqcs}, qubits={self.num_qubits}")
 
 
-class QPGConv(_QuantumGenerated):
+class QPGConv(QuantumKernelConv):
     """QPGConv (Eqs. 6, 8): the kernel IS the VQC-generated tensor; the bias stays classical and trainable."""
 
     @classmethod
@@ -243,8 +259,12 @@ class QPGConv(_QuantumGenerated):
     def generate_weight(self) -> torch.Tensor:
         return self.quantum_kernel()
 
+    def weight_from_generated(self, generated: torch.Tensor) -> torch.Tensor:
+        """Eq. 6: the kernel is the generated tensor (made contiguous: it may come as a view in weight layout)."""
+        return generated.contiguous()
 
-class QPGAConv(_QuantumGenerated):
+
+class QPGAConv(QuantumKernelConv):
     """QPGAConv (Eqs. 7, 9): W' = W + generated tensor, with W the frozen base kernel (pretrained or initial).
 
     ``start_at_base=True`` subtracts the increment's value at initialisation (kept as the buffer
@@ -275,10 +295,13 @@ class QPGAConv(_QuantumGenerated):
             # Eq. 7 in one fused pass: W + increment without forming the increment.
             base_source = self._base_source.get(self.layout, *base)
             return generate_kernel(self.theta, self.layout, self.post, backend=self.backend, base_source=base_source)
-        increment = self.quantum_kernel()
+        return self.weight_from_generated(self.quantum_kernel())
+
+    def weight_from_generated(self, generated: torch.Tensor) -> torch.Tensor:
+        """Eq. 7: W' = W + generated tensor (minus its initial value with ``start_at_base``)."""
         if self.start_at_base:
-            increment = increment - self.initial_increment
-        return self.weight + increment
+            return self.weight + (generated - self.initial_increment)
+        return self.weight + generated
 
 
 class ConvLoRA(GeneratedKernelConv):
@@ -337,6 +360,8 @@ class ConvLoRA(GeneratedKernelConv):
     def from_conv(cls, conv: nn.Module, r: int = 8, alpha: float | None = None,
                   train_bias: bool = False) -> "ConvLoRA":
         return cls(conv, r=r, alpha=alpha, train_bias=train_bias)
+
+    traceable_generation = True
 
     def generate_weight(self) -> torch.Tensor:
         return self.weight + (self.lora_B @ self.lora_A).view(self.weight_shape) * self.scaling

@@ -38,6 +38,15 @@ class PostProcessing(nn.Module):
         """
         return None
 
+    def coefficients(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor] | None:
+        """Tensors whose concatenation is ``[w_p, w_0, ..., w_{n-1}, b]`` with ``forward(p)_i = w_p p_i +
+        sum_k w_k d_k(i) + b`` (Eq. 4's form), or None when the strategy is not of that form (RCE).
+
+        The network generator (:mod:`nnunet_qpg.simulator.network`) concatenates every layer's coefficients into
+        one tensor per step, so a strategy hands over its parameters themselves (autograd reaches them).
+        """
+        return None
+
 
 class RealComponentExtraction(PostProcessing):
     """RCE, Eq. 3: y_i = Re(psi_i). No trainable parameters."""
@@ -66,6 +75,13 @@ class ShiftScaleTransformation(PostProcessing):
         if self.num_outputs is None:
             return None
         return math.pi / 2, torch.full((self.num_outputs,), -math.pi / 4, dtype=dtype)
+
+    def coefficients(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor] | None:
+        if self.num_outputs is None:
+            return None
+        num_qubits = max(1, (self.num_outputs - 1).bit_length())
+        values = [math.pi / 2] + [0.0] * num_qubits + [-math.pi / 4]
+        return [torch.tensor(values, dtype=dtype, device=device)]
 
 
 class LinearProbabilityProjection(PostProcessing):
@@ -96,6 +112,9 @@ class LinearProbabilityProjection(PostProcessing):
         # [num_vqcs, M] values (addcmul) instead of three: this runs on every kernel of the layer each step.
         offset = self.bits.to(p.dtype) @ weight[1:] + bias
         return torch.addcmul(offset, p, weight[0])
+
+    def coefficients(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+        return [self.projection.weight.view(-1), self.projection.bias]
 
     def affine(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 4 as scale * p_i + offset_i: scale = w_0, offset_i = w_1.. . bits(i) + b (differentiable)."""

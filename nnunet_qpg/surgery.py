@@ -18,6 +18,7 @@ from torch import nn
 
 from nnunet_qpg.accounting import QPGReport, count_trainable, describe_layer
 from nnunet_qpg.config import MODES, QPGConfig
+from nnunet_qpg.generation_hooks import attach_network_generation
 from nnunet_qpg.layers import CONV_TYPES, ConvLoRA, GeneratedKernelConv, QPGAConv, QPGConv, is_convolution
 
 __all__ = [
@@ -165,6 +166,7 @@ def apply_qpg(model: nn.Module, config: QPGConfig | Sequence[str] | str | None =
         records.append(describe_layer(name, layer, names[1:]))
     if config.train_only is not None:
         mark_only_adapters_trainable(model, also_train=config.train_only)
+    attach_network_generation(model)
     return QPGReport(mode=config.mode, layers=records, trainable_before=trainable_before,
                      trainable_after=count_trainable(model), settings=config.to_dict())
 
@@ -180,6 +182,7 @@ def bake(model: nn.Module) -> list[str]:
         if isinstance(layer, GeneratedKernelConv):
             _replace_references(model, layer, layer.to_conv())
             baked.append(name)
+    attach_network_generation(model)  # refreshes the layer list; detaches when no QPG layer is left
     return baked
 
 
