@@ -41,7 +41,8 @@ network that already holds ``theta`` / ``lora_A`` keys fails that assertion. So 
   wrappers are dropped; SyncBatchNorm conversion already happened inside the module and is kept.
 
 QPG layers hold ordinary parameters and buffers only, so checkpoints, AMP (kernels are generated in float32),
-``torch.compile`` (kernel generation is ``torch.compiler.disable``d) and DDP need nothing else.
+``torch.compile`` and DDP need nothing else: ``apply_qpg`` hooks the network so that its forward pass generates every
+QPG kernel in one batched call before the compiled graph runs (``nnunet_qpg.generation_hooks``).
 
 Parameter table and settings file
 ---------------------------------

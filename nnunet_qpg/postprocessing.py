@@ -38,6 +38,10 @@ class PostProcessing(nn.Module):
         """
         return None
 
+    def coefficient_count(self) -> int | None:
+        """Length of :meth:`coefficients` (n + 2), or None when the strategy has none."""
+        return None
+
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor] | None:
         """Tensors whose concatenation is ``[w_p, w_0, ..., w_{n-1}, b]`` with ``forward(p)_i = w_p p_i +
         sum_k w_k d_k(i) + b`` (Eq. 4's form), or None when the strategy is not of that form (RCE).
@@ -70,18 +74,26 @@ class ShiftScaleTransformation(PostProcessing):
     def __init__(self, num_outputs: int | None = None) -> None:
         super().__init__()
         self.num_outputs = num_outputs
+        self._coefficient_rows: dict[tuple, torch.Tensor] = {}
 
     def affine(self, dtype: torch.dtype) -> tuple[float, torch.Tensor | None] | None:
         if self.num_outputs is None:
             return None
         return math.pi / 2, torch.full((self.num_outputs,), -math.pi / 4, dtype=dtype)
 
+    def coefficient_count(self) -> int | None:
+        return None if self.num_outputs is None else max(1, (self.num_outputs - 1).bit_length()) + 2
+
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor] | None:
-        if self.num_outputs is None:
+        count = self.coefficient_count()
+        if count is None:
             return None
-        num_qubits = max(1, (self.num_outputs - 1).bit_length())
-        values = [math.pi / 2] + [0.0] * num_qubits + [-math.pi / 4]
-        return [torch.tensor(values, dtype=dtype, device=device)]
+        key = (dtype, str(device))
+        if key not in self._coefficient_rows:  # a constant: built once per dtype and device, never per step
+            with torch.inference_mode(False):
+                values = [math.pi / 2] + [0.0] * (count - 2) + [-math.pi / 4]
+                self._coefficient_rows[key] = torch.tensor(values, dtype=dtype, device=device)
+        return [self._coefficient_rows[key]]
 
 
 class LinearProbabilityProjection(PostProcessing):
@@ -112,6 +124,9 @@ class LinearProbabilityProjection(PostProcessing):
         # [num_vqcs, M] values (addcmul) instead of three: this runs on every kernel of the layer each step.
         offset = self.bits.to(p.dtype) @ weight[1:] + bias
         return torch.addcmul(offset, p, weight[0])
+
+    def coefficient_count(self) -> int:
+        return self.num_qubits + 2
 
     def coefficients(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
         return [self.projection.weight.view(-1), self.projection.bias]

@@ -42,6 +42,10 @@ class PostProcessingLike(Protocol):
 
     def affine(self, dtype: torch.dtype) -> tuple[torch.Tensor | float, torch.Tensor | None] | None: ...
 
+    def coefficient_count(self) -> int | None: ...
+
+    def coefficients(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor] | None: ...
+
 
 @dataclass(frozen=True)
 class KernelLayout:

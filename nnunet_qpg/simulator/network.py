@@ -62,8 +62,7 @@ class KernelRequest:
 def _request_route(request: KernelRequest) -> str:
     if request.backend != "native":
         return "single"
-    coefficients = request.post.coefficients(request.theta.dtype, request.theta.device)
-    if request.theta.shape[1] == 1 and coefficients is not None:
+    if request.theta.shape[1] == 1 and request.post.coefficient_count() is not None:
         return "one_block"
     return "simulated"
 
@@ -86,11 +85,13 @@ class _Group:
 
 @dataclass
 class _SimulatedGroup:
+    """Layers simulated in one ``simulate_vqcs`` call (K >= 2, or RCE): same (n, K, readout, C_other)."""
+
     members: list[int]
     outputs: int
     readout: str
-    affine: bool
-    row_layer: torch.Tensor | None
+    row_layer: torch.Tensor | None  # affine strategies: per row, its layer's row of the offset table
+    scale_position: torch.Tensor | None  # affine strategies: per row, where its layer's w_p sits
     sizes: list[int]
 
 
@@ -146,8 +147,8 @@ class NetworkGenerator:
         return results  # type: ignore[return-value]
 
     def _plan(self, requests: Sequence[KernelRequest], device: torch.device, dtype: torch.dtype) -> _Plan:
-        key = (str(device), dtype, tuple((tuple(r.theta.shape), r.layout, r.post.readout, _request_route(r),
-                                          len(r.post.coefficients(dtype, device) or ())) for r in requests))
+        key = (str(device), dtype, tuple((tuple(r.theta.shape), r.layout, r.post.readout, r.backend,
+                                          r.post.coefficient_count()) for r in requests))
         plan = self._plans.get(key)
         if plan is None:
             # Index tables must not be inference tensors: the first call may come from nnU-Net's predictor.
@@ -169,7 +170,7 @@ def _build_plan(requests: Sequence[KernelRequest], device: torch.device, dtype: 
     plan.single = [i for i, route in enumerate(routes) if route == "single"]
     simulated = [i for i, route in enumerate(routes) if route == "simulated"]
     affine = [i for i in plan.one_block]
-    affine += [i for i in simulated if requests[i].post.coefficients(dtype, device) is not None]
+    affine += [i for i in simulated if requests[i].post.coefficient_count() is not None]
     plan.affine_members = affine
     layer_row = {request_index: row for row, request_index in enumerate(affine)}
 
@@ -198,13 +199,12 @@ def _build_plan(requests: Sequence[KernelRequest], device: torch.device, dtype: 
         r = requests[i]
         keyed.setdefault((r.layout.num_qubits, r.theta.shape[1], r.post.readout, r.layout.other_channels), []).append(i)
     for (_, _, readout, outputs), members in keyed.items():
-        is_affine = members[0] in layer_row
         sizes = [requests[i].layout.num_vqcs for i in members]
-        row_layer = None
-        if is_affine:
-            row_layer = torch.cat([torch.full((s,), layer_row[i], dtype=torch.long) for s, i in zip(sizes, members)])
-            row_layer = row_layer.to(device)
-        plan.simulated.append(_SimulatedGroup(members, outputs, readout, is_affine, row_layer, sizes))
+        row_layer = scale_position = None
+        if members[0] in layer_row:
+            row_layer = torch.cat([torch.full((s,), layer_row[i]) for s, i in zip(sizes, members)]).to(device)
+            scale_position = torch.cat([torch.full((s,), starts[i]) for s, i in zip(sizes, members)]).to(device)
+        plan.simulated.append(_SimulatedGroup(members, outputs, readout, row_layer, scale_position, sizes))
     _build_one_block(plan, requests, layer_row, starts, device, dtype)
     return plan
 
@@ -334,30 +334,18 @@ def _run_plan(plan: _Plan, requests: Sequence[KernelRequest]) -> list[torch.Tens
     for group in plan.simulated:
         theta = torch.cat([requests[i].theta for i in group.members])
         readout = simulate_vqcs(theta, group.outputs, group.readout)
-        if group.affine:
-            scale = coefficients.index_select(0, _scale_positions(plan, group, requests))
+        if group.row_layer is not None:
+            scale = coefficients.index_select(0, group.scale_position)
             values = torch.addcmul(offsets[:, :group.outputs].index_select(0, group.row_layer), readout,
                                    scale.unsqueeze(1))
         else:
-            values = requests[group.members[0]].post(readout) if len(group.members) == 1 else readout
+            values = requests[group.members[0]].post(readout)  # RCE: the real parts themselves
         for index, piece in zip(group.members, values.split(group.sizes)):
             results[index] = _vqc_rows_as_weight(piece, requests[index].layout)
     for index in plan.single:
         request = requests[index]
         results[index] = generate_kernel(request.theta, request.layout, request.post, backend=request.backend)
     return results  # type: ignore[return-value]
-
-
-def _scale_positions(plan: _Plan, group: _SimulatedGroup, requests: Sequence[KernelRequest]) -> torch.Tensor:
-    if not hasattr(group, "scale_positions"):
-        starts, position = {}, 0
-        for i in plan.affine_members:
-            starts[i] = position
-            position += requests[i].layout.num_qubits + 2
-        with torch.inference_mode(False):
-            group.scale_positions = torch.cat([torch.full((s,), starts[i], dtype=torch.long)  # type: ignore[attr-defined]
-                                               for s, i in zip(group.sizes, group.members)]).to(group.row_layer.device)
-    return group.scale_positions  # type: ignore[attr-defined]
 
 
 def _vqc_rows_as_weight(rows: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
