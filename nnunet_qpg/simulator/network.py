@@ -78,7 +78,8 @@ class _Group:
     outputs: int
     sources: torch.Tensor  # ring source indices of the first `outputs` basis states
     inverse: torch.Tensor | None  # the ring's inverse permutation when every basis state is an output
-    row_layer: torch.Tensor  # for each row, its layer's index in the coefficient table
+    layers: torch.Tensor  # the members' rows in the offset table
+    membership: torch.Tensor  # [members, rows]: 1 where a row (VQC) belongs to a member
     sizes: list[int]  # rows per layer
     members: list[int]  # request indices
 
@@ -118,6 +119,7 @@ class _Plan:
     scale_position: torch.Tensor | None = None  # per row, where its layer's w_p sits in the coefficient vector
     scale_factor: torch.Tensor | None = None  # per row, 2^-n
     groups: list[_Group] = field(default_factory=list)
+    largest_state: int = 0  # max over groups of 2^n x V_g: the scratch buffers' size
     flat_members: list[int] = field(default_factory=list)
     flat_high: torch.Tensor | None = None
     flat_low: torch.Tensor | None = None
@@ -279,11 +281,14 @@ def _build_one_block(plan: _Plan, requests: Sequence[KernelRequest], layer_row: 
         if outputs == 1 << n:
             inverse = torch.empty_like(sources).scatter_(0, sources, torch.arange(outputs)).to(device)
         sizes = [layouts[i].num_vqcs for i in members]
-        row_layer = torch.cat([torch.full((s,), layer_row[i], dtype=torch.long) for s, i in zip(sizes, members)])
+        member_of_row = torch.cat([torch.full((s,), k) for k, s in enumerate(sizes)])
+        membership = F.one_hot(member_of_row, len(members)).T.to(device=device, dtype=dtype)
+        layers = torch.tensor([layer_row[i] for i in members], device=device)
         start = row_start[members[0]]
         plan.groups.append(_Group(start, start + sum(sizes), (n + 1) // 2, n // 2, outputs, sources.to(device),
-                                  inverse, row_layer.to(device), sizes, members))
+                                  inverse, layers, membership.contiguous(), sizes, members))
 
+    plan.largest_state = max(((1 << (g.high + g.low)) * (g.stop - g.start) for g in plan.groups), default=0)
     high_ids, low_ids, offset_ids = [], [], []
     table_width = 1 << plan.max_qubits
     for i in flat:
@@ -323,14 +328,11 @@ def _run_plan(plan: _Plan, requests: Sequence[KernelRequest]) -> list[torch.Tens
     if plan.one_block:
         angles = torch.cat([requests[i].theta.reshape(-1) for i in plan.one_block])
         halves = _HalfRegisterStage.apply(angles, coefficients, plan)
-        pieces = _OutputStage.apply(halves, offsets, plan)
         members = [i for group in plan.groups for i in group.members] + plan.flat_members
+        layouts = {i: requests[i].layout for i in members}
+        pieces = _OutputStage.apply(halves, offsets, plan, layouts)
         for index, piece in zip(members, pieces):
-            layout = requests[index].layout
-            if index in plan.flat_members:
-                results[index] = piece.view(layout.weight_shape)
-            else:
-                results[index] = _vqc_rows_as_weight(piece, layout)
+            results[index] = piece.view(layouts[index].weight_shape) if index in plan.flat_members else piece
     for group in plan.simulated:
         theta = torch.cat([requests[i].theta for i in group.members])
         readout = simulate_vqcs(theta, group.outputs, group.readout)
@@ -346,6 +348,12 @@ def _run_plan(plan: _Plan, requests: Sequence[KernelRequest]) -> list[torch.Tens
         request = requests[index]
         results[index] = generate_kernel(request.theta, request.layout, request.post, backend=request.backend)
     return results  # type: ignore[return-value]
+
+
+def _output_rows_as_weight(columns: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
+    """``[C_other, num_vqcs]`` (a column block, VQCs (target, k...)-major) as a view in the weight layout."""
+    values = columns.view(layout.other_channels, layout.target_channels, *layout.kernel_size)
+    return values if layout.target_axis == 1 else values.transpose(0, 1)
 
 
 def _vqc_rows_as_weight(rows: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
@@ -407,20 +415,39 @@ class _HalfRegisterStage(torch.autograd.Function):
         return grad_angles, grad_coefficients, None
 
 
+def _group_factors(halves: torch.Tensor, group: _Group) -> tuple[torch.Tensor, torch.Tensor]:
+    """The group's high and low half products as contiguous ``[2^h, V_g]`` and ``[2^l, V_g]`` (small copies that
+    keep the E-sized products reading unit-stride inputs)."""
+    high = halves[group.start:group.stop, 0, :1 << group.high].T.contiguous()
+    low = halves[group.start:group.stop, 1, :1 << group.low].T.contiguous()
+    return high, low
+
+
 class _OutputStage(torch.autograd.Function):
     """Half-register products and offsets -> every one-block layer's outputs after the ring (Eq. 1) with its
     post-processing (Eqs. 4-5): per group ``[V_g, C_other]`` rows, then each small layer in its weight layout."""
 
     @staticmethod
-    def forward(ctx, halves: torch.Tensor, offsets: torch.Tensor, plan: _Plan):
+    def forward(ctx, halves: torch.Tensor, offsets: torch.Tensor, plan: _Plan, layouts: dict[int, KernelLayout]):
         pieces = []
+        # One scratch buffer for every group's state before the ring: on the CPU a fresh large tensor per group
+        # costs more (page faults) than the arithmetic on it.
+        scratch = halves.new_empty(plan.largest_state) if plan.groups else None
+        factors = []
         for group in plan.groups:
-            high = halves[group.start:group.stop, 0, :1 << group.high]
-            low = halves[group.start:group.stop, 1, :1 << group.low]
-            state = torch.mul(high.unsqueeze(-1), low.unsqueeze(-2)).view(high.shape[0], -1)
-            out = state.index_select(1, group.sources)
-            out += offsets[:, :group.outputs].index_select(0, group.row_layer)
-            pieces.extend(out.split(group.sizes))
+            # Outputs-major [C_other, V_g] as the weights of most layers lie ([C_out, C_in, k...] with targets C_in).
+            high, low = _group_factors(halves, group)
+            factors += [high, low]
+            columns = group.stop - group.start
+            state = scratch[:(1 << (group.high + group.low)) * columns].view(1 << group.high, 1 << group.low, columns)
+            torch.mul(high.unsqueeze(1), low.unsqueeze(0), out=state)
+            out = state.view(-1, columns).index_select(0, group.sources)
+            # Each layer's offsets (Eq. 4), broadcast over its own VQCs: one product with the membership matrix.
+            group_offsets = offsets.index_select(0, group.layers)[:, :group.outputs]
+            out.addmm_(group_offsets.T, group.membership)
+            # Handed out as views in each layer's weight layout: the layers' gradients then arrive in that layout.
+            pieces.extend(_output_rows_as_weight(piece, layouts[index])
+                          for piece, index in zip(out.split(group.sizes, dim=1), group.members))
         saved = []
         if plan.flat_members:
             flat = halves.view(-1)
@@ -429,7 +456,9 @@ class _OutputStage(torch.autograd.Function):
             pieces.extend(out.split(plan.flat_sizes))
             saved = [high, low]
         ctx.plan = plan
-        ctx.save_for_backward(halves, *saved)
+        ctx.layouts = layouts
+        ctx.flat_saved = len(saved)
+        ctx.save_for_backward(halves, *saved, *factors)
         ctx.offsets_shape = offsets.shape
         return tuple(pieces)
 
@@ -437,26 +466,46 @@ class _OutputStage(torch.autograd.Function):
     def backward(ctx, *grads):
         plan: _Plan = ctx.plan
         halves, *saved = ctx.saved_tensors
+        saved, factors = saved[:ctx.flat_saved], saved[ctx.flat_saved:]
         grad_halves = torch.zeros_like(halves)
         grad_offsets = halves.new_zeros(ctx.offsets_shape)
         position = 0
-        for group in plan.groups:
+        if plan.groups:  # two scratch buffers serve every group (see forward)
+            scratch_a, scratch_b = halves.new_empty(plan.largest_state), halves.new_empty(plan.largest_state)
+        for number, group in enumerate(plan.groups):
             count = len(group.sizes)
-            parts = [g if g is not None else halves.new_zeros(s, group.outputs)
-                     for g, s in zip(grads[position:position + count], group.sizes)]
+            member_grads = grads[position:position + count]
             position += count
-            grad = parts[0] if count == 1 else torch.cat(parts)
-            rows = grad.shape[0]
-            if group.inverse is not None:
-                grad_state = grad.index_select(1, group.inverse)
+            columns = group.stop - group.start
+            size = (1 << (group.high + group.low)) * columns
+            first = ctx.layouts[group.members[0]]
+            if count == 1 and first.target_axis == 1 and member_grads[0] is not None:
+                grad = member_grads[0].reshape(group.outputs, columns)  # the weight is [C_other, V]: a view
             else:
-                grad_state = grad.new_zeros(rows, 1 << (group.high + group.low)).index_copy_(1, group.sources, grad)
-            grad_state = grad_state.view(rows, 1 << group.high, 1 << group.low)
-            high = halves[group.start:group.stop, 0, :1 << group.high]
-            low = halves[group.start:group.stop, 1, :1 << group.low]
-            grad_halves[group.start:group.stop, 0, :1 << group.high] = (grad_state @ low.unsqueeze(-1)).squeeze(-1)
-            grad_halves[group.start:group.stop, 1, :1 << group.low] = (high.unsqueeze(-2) @ grad_state).squeeze(-2)
-            grad_offsets[:, :group.outputs].index_add_(0, group.row_layer, grad)
+                # Each member's gradient straight into its columns (transposed where the targets are C_out).
+                grad = scratch_a[:group.outputs * columns].view(group.outputs, columns)
+                start = 0
+                for g, width, index in zip(member_grads, group.sizes, group.members):
+                    layout = ctx.layouts[index]
+                    target = grad[:, start:start + width].view(group.outputs, layout.target_channels,
+                                                               *layout.kernel_size)
+                    start += width
+                    if g is None:
+                        target.zero_()
+                    else:
+                        target.copy_(g if layout.target_axis == 1 else g.transpose(0, 1))
+            grad_state = scratch_b[:size].view(-1, columns)
+            if group.inverse is not None:
+                torch.index_select(grad, 0, group.inverse, out=grad_state)
+            else:
+                grad_state.zero_().index_copy_(0, group.sources, grad)
+            grad_offsets[:, :group.outputs].index_add_(0, group.layers, group.membership @ grad.T)
+            grad_state = grad_state.view(1 << group.high, 1 << group.low, columns)
+            high, low = factors[2 * number], factors[2 * number + 1]
+            product = scratch_a[:size].view_as(grad_state)  # grad is no longer needed
+            torch.mul(grad_state, low.unsqueeze(0), out=product)
+            torch.sum(product, 1, out=grad_halves[group.start:group.stop, 0, :1 << group.high].T)
+            torch.sum(grad_state.mul_(high.unsqueeze(1)), 0, out=grad_halves[group.start:group.stop, 1, :1 << group.low].T)
         if plan.flat_members:
             high, low = saved
             parts = [g.reshape(-1) if g is not None else halves.new_zeros(s)
@@ -466,4 +515,4 @@ class _OutputStage(torch.autograd.Function):
             flat.index_add_(0, plan.flat_high, grad * low)
             flat.index_add_(0, plan.flat_low, grad * high)
             grad_offsets.view(-1).index_add_(0, plan.flat_offset, grad)
-        return grad_halves, grad_offsets, None
+        return grad_halves, grad_offsets, None, None
