@@ -6,8 +6,9 @@ For each distinct decoder convolution shape, each post-processing strategy (rce,
 blocks, one QPGConv is built from the planned convolution and ``generate_weight()`` is run forward and backward
 (loss = sum(weight * fixed random tensor)) with ``set_backend("native")`` and ``set_backend("torchquantum")``.
 
-Targets (issue 6): native >= 20x faster than TorchQuantum on the largest layer (1024->512 3x3: 4608 VQCs of 10
-qubits, 1024 outputs each) at 1 block, >= 6x at 3 blocks.
+Targets: native >= 20x faster than TorchQuantum on the largest layer (1024->512 3x3: 4608 VQCs of 10 qubits, 1024
+outputs each) at 1 block; at 3 blocks >= 15x on the largest layer and >= 8x on every decoder convolution (issue
+"QPG on the GPU"; the median ratio over rounds is the one judged, the min ratio is printed beside it).
 
 Bandwidth: the nominal state traffic of a state-vector simulation is one read and one write of every VQC's
 full state (2^n complex64 amplitudes) per block forward, and twice that backward. Dividing it by the measured
@@ -33,7 +34,8 @@ from common import (copy_bandwidth_contender, fmt_seconds, machine_description, 
 from nnunet_qpg.layers import QPGConv, is_convolution  # noqa: E402
 
 STRATEGIES = ("rce", "lpp", "sst")
-TARGETS = {1: 20.0, 3: 6.0}  # blocks -> required speed-up on the largest layer
+TARGETS = {1: 20.0, 3: 15.0}  # blocks -> required speed-up on the largest layer
+EVERY_LAYER_TARGETS = {3: 8.0}  # blocks -> required speed-up on every decoder convolution
 
 
 def decoder_convolutions(network: torch.nn.Module) -> list[tuple[str, torch.nn.Module, int]]:
@@ -98,7 +100,7 @@ def main() -> int:
     copy_call, copy_bytes = copy_bandwidth_contender(16 if args.quick else 256)
     header = ["layer (count)", "weight", "VQCs x qubits", "K", "post", "native min", "native med",
               "TQ min", "TQ med", "ratio min", "ratio med"]
-    rows, largest = [], []
+    rows, largest, per_layer = [], [], []
     for index, (name, conv, count) in enumerate(convs):
         is_largest = index == 0 and not args.quick
         rounds = args.rounds or (2 if args.quick else 3 if is_largest else 2)
@@ -120,11 +122,31 @@ def main() -> int:
                              fmt_seconds(tq.median), f"{tq.min / native.min:.1f}x", f"{tq.median / native.median:.1f}x"])
                 if is_largest:
                     largest.append((blocks, post, native, tq, t["copy"], nominal_state_bytes(layer)))
+                per_layer.append((name, "x".join(map(str, conv.weight.shape)),
+                                  f"{layer.num_vqcs} x {layer.num_qubits}", blocks, post,
+                                  tq.median / native.median, tq.min / native.min))
                 print(f"  {name} K={blocks} {post}: ratio (median) {tq.median / native.median:.1f}x", flush=True)
 
     print()
     print_table(header, rows)
     print("ratio = TorchQuantum time / native time (higher is better); min over rounds and median over rounds")
+
+    for blocks, target in EVERY_LAYER_TARGETS.items():
+        entries = [e for e in per_layer if e[3] == blocks]
+        if not entries:
+            continue
+        print(f"\nEvery decoder convolution at K={blocks}: target >= {target:g}x (median ratio; worst strategy shown)")
+        table, misses = [], 0
+        for key in dict.fromkeys((e[0], e[1], e[2]) for e in entries):
+            mine = [e for e in entries if (e[0], e[1], e[2]) == key]
+            worst = min(mine, key=lambda e: e[5])
+            verdict = "met" if worst[5] >= target else "MISSED"
+            misses += verdict != "met"
+            table.append([*key, worst[4], f"{worst[5]:.1f}x", f"{worst[6]:.1f}x",
+                          " ".join(f"{e[4]} {e[5]:.1f}x" for e in mine), verdict])
+        print_table(["layer", "weight", "VQCs x qubits", "worst post", "ratio med", "ratio min", "all (median)",
+                     "verdict"], table)
+        print(f"{len(table) - misses} of {len(table)} decoder convolution shapes meet the target")
 
     if largest:
         print(f"\nLargest layer ({convs[0][0]}, weight {'x'.join(map(str, convs[0][1].weight.shape))}): "

@@ -333,21 +333,61 @@ def _run_plan(plan: _Plan, requests: Sequence[KernelRequest]) -> list[torch.Tens
         pieces = _OutputStage.apply(halves, offsets, plan, layouts)
         for index, piece in zip(members, pieces):
             results[index] = piece.view(layouts[index].weight_shape) if index in plan.flat_members else piece
+    readouts, affine_groups = [], []
     for group in plan.simulated:
-        theta = torch.cat([requests[i].theta for i in group.members])
-        readout = simulate_vqcs(theta, group.outputs, group.readout)
-        if group.row_layer is not None:
-            scale = coefficients.index_select(0, group.scale_position)
-            values = torch.addcmul(offsets[:, :group.outputs].index_select(0, group.row_layer), readout,
-                                   scale.unsqueeze(1))
+        group_theta = torch.cat([requests[i].theta for i in group.members])
+        readout = simulate_vqcs(group_theta, group.outputs, group.readout)
+        if group.row_layer is None:  # RCE: the real parts themselves
+            _hand_out(results, group, requests[group.members[0]].post(readout), requests)
         else:
-            values = requests[group.members[0]].post(readout)  # RCE: the real parts themselves
-        for index, piece in zip(group.members, values.split(group.sizes)):
-            results[index] = _vqc_rows_as_weight(piece, requests[index].layout)
+            readouts.append(readout)
+            affine_groups.append(group)
+    if affine_groups:
+        for group, values in zip(affine_groups, _AffineRows.apply(coefficients, offsets, affine_groups, *readouts)):
+            _hand_out(results, group, values, requests)
     for index in plan.single:
         request = requests[index]
         results[index] = generate_kernel(request.theta, request.layout, request.post, backend=request.backend)
     return results  # type: ignore[return-value]
+
+
+def _hand_out(results: list, group: _SimulatedGroup, values: torch.Tensor, requests: Sequence[KernelRequest]) -> None:
+    for index, piece in zip(group.members, values.split(group.sizes)):
+        results[index] = _vqc_rows_as_weight(piece, requests[index].layout)
+
+
+class _AffineRows(torch.autograd.Function):
+    """Eq. 4 / Eq. 5 on every simulated group's ``[V_g, C_other]`` probabilities: ``w_p p + offset`` per row's layer
+    (one function for all groups, so its gradients reach the coefficient and offset tables in one pass each)."""
+
+    @staticmethod
+    def forward(ctx, coefficients, offsets, groups, *readouts):
+        outs, scales = [], []
+        for group, readout in zip(groups, readouts):
+            scale = coefficients.index_select(0, group.scale_position).unsqueeze(1)
+            outs.append(torch.addcmul(offsets[:, :group.outputs].index_select(0, group.row_layer), readout, scale))
+            scales.append(scale)
+        ctx.groups = groups
+        ctx.shapes = (coefficients.shape, offsets.shape)
+        ctx.save_for_backward(*readouts, *scales)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        count = len(ctx.groups)
+        saved = ctx.saved_tensors
+        readouts, scales = saved[:count], saved[count:]
+        grad_coefficients = readouts[0].new_zeros(ctx.shapes[0])
+        grad_offsets = readouts[0].new_zeros(ctx.shapes[1])
+        grad_readouts = []
+        for group, grad, readout, scale in zip(ctx.groups, grads, readouts, scales):
+            if grad is None:
+                grad_readouts.append(None)
+                continue
+            grad_readouts.append(grad * scale)
+            grad_coefficients.index_add_(0, group.scale_position, torch.linalg.vecdot(grad, readout))
+            grad_offsets[:, :group.outputs].index_add_(0, group.row_layer, grad)
+        return grad_coefficients, grad_offsets, None, *grad_readouts
 
 
 def _output_rows_as_weight(columns: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
