@@ -697,5 +697,5 @@ class _MultiBlock(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        grad_theta = _backward(grad.contiguous(), ctx.theta_shape, ctx.plan, ctx.m, ctx.readout, ctx.saved)
+        grad_theta = _backward(grad.resolve_conj().contiguous(), ctx.theta_shape, ctx.plan, ctx.m, ctx.readout, ctx.saved)
         return grad_theta, None, None, None
