@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -23,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for folder in (REPO, REPO / "benchmarks"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 import nnunet_qpg.simulator.network as network_module  # noqa: E402
 from nnunet_qpg.generation_hooks import attach_network_generation, detach_network_generation  # noqa: E402
@@ -33,6 +33,8 @@ from nnunet_qpg.postprocessing import LinearProbabilityProjection, make_post_pro
 from nnunet_qpg.simulator import KernelLayout  # noqa: E402
 from nnunet_qpg.simulator.network import KernelRequest, NetworkGenerator  # noqa: E402
 from nnunet_qpg.surgery import apply_qpg, bake  # noqa: E402
+
+from common import load_stored_plan, shrink_for_quick  # noqa: E402  (benchmarks/common.py)
 
 ATTRIBUTE = "_qpg_network_generation"
 HUGE = 1 << 60
@@ -150,6 +152,15 @@ MODES = {
 }
 # The one-block route (K = 1, LPP / SST) runs under three FLAT_LAYER_LIMITs: every layer grouped, a mix (layers of at
 # most 100 weights flat), every layer flat. Other routes (K >= 2, RCE) do not look at the limit.
+def every_conv_swapped(build, post: str, blocks: int, mode: str):
+    """A float64 network (seed 0) with every convolution swapped and random LPP projections; (model, layers)."""
+    torch.manual_seed(0)
+    model = build().double()
+    apply_qpg(model, targets=list(ALL_CONVS), post=post, blocks=blocks, **MODES[mode])
+    randomise_projections(model)
+    return model, qpg_layers(model)
+
+
 FLAT_LIMITS = {"grouped": 0, "mixed": 100, "flat": HUGE}
 CASES = [(post, blocks, mode, limit)
          for post in ("rce", "lpp", "sst") for blocks in (1, 2, 3) for mode in MODES
@@ -161,11 +172,7 @@ CASES = [(post, blocks, mode, limit)
 def test_batched_kernels_and_gradients_equal_per_layer(monkeypatch, post, blocks, mode, limit):
     if limit is not None:
         monkeypatch.setattr(network_module, "FLAT_LAYER_LIMIT", FLAT_LIMITS[limit])
-    torch.manual_seed(0)
-    model = plain_unet_2d().double()
-    apply_qpg(model, targets=list(ALL_CONVS), post=post, blocks=blocks, **MODES[mode])
-    randomise_projections(model)
-    layers = qpg_layers(model)
+    model, layers = every_conv_swapped(plain_unet_2d, post, blocks, mode)
     assert len(layers) == 20
     assert {layer.num_qubits for layer in layers} == set(range(1, 8))
     assert {3, 5, 20, 100} <= {layer.other_channels for layer in layers}
@@ -191,11 +198,7 @@ def test_batched_kernels_and_gradients_equal_per_layer(monkeypatch, post, blocks
                                                 ("lpp", 2, "adapter_start_at_base")])
 def test_batched_equals_per_layer_3d(monkeypatch, limit, post, blocks, mode):
     monkeypatch.setattr(network_module, "FLAT_LAYER_LIMIT", FLAT_LIMITS[limit])
-    torch.manual_seed(0)
-    model = resenc_unet_3d().double()
-    apply_qpg(model, targets=list(ALL_CONVS), post=post, blocks=blocks, **MODES[mode])
-    randomise_projections(model)
-    layers = qpg_layers(model)
+    model, layers = every_conv_swapped(resenc_unet_3d, post, blocks, mode)
     assert any(layer.kernel_size == (1, 3, 3) for layer in layers)
     assert any(layer.transposed and layer.kernel_size == (1, 2, 2) for layer in layers)
     assert any(layer.kernel_size == (1, 1, 1) for layer in layers)  # residual skip projections and heads
@@ -578,19 +581,9 @@ def test_inference_mode_in_training_mode_does_not_poison_training():
 # -- 4. nnU-Net's own construction path -----------------------------------------------------------------------------
 
 def small_plans() -> tuple[dict, dict]:
-    """The stored nnU-Net 2D plan, cut to 3 stages and a 32x32 patch."""
-    plans = json.loads((REPO / "benchmarks" / "data" / "plans_2d_256x256.json").read_text())
-    dataset_json = json.loads((REPO / "benchmarks" / "data" / "dataset_2d_256x256.json").read_text())
-    configuration = plans["configurations"]["2d"]
-    kwargs = configuration["architecture"]["arch_kwargs"]
-    stages = 3
-    kwargs["n_stages"] = stages
-    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
-        kwargs[key] = kwargs[key][:stages]
-    kwargs["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"][:stages - 1]
-    configuration["patch_size"] = [32, 32]
-    configuration["batch_size"] = 1
-    return plans, dataset_json
+    """The stored nnU-Net 2D plan, cut to 3 stages and a 32x32 patch (the benchmarks' --quick plan)."""
+    plans, dataset_json = load_stored_plan()
+    return shrink_for_quick(plans), dataset_json
 
 
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerQPG.nnUNetTrainerQPG", "nnUNetTrainerQPG.nnUNetTrainerQPG_SST",

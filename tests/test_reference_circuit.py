@@ -27,6 +27,8 @@ from nnunet_qpg.postprocessing import make_post_processing
 from nnunet_qpg.simulator import (KernelLayout, generate_kernel, half_register_factors, reference_states,
                                   ring_outer_product, simulate, simulate_vqcs, to_ring_source_order)
 
+from dense_circuit import HADAMARD, dense_cnot, dense_final_state, dense_rx, dense_ry, kron_all
+
 POSTS = ("rce", "lpp", "sst")
 FAST_ATOL = 1e-6  # fast paths against the reference, float64
 GRAD_ATOL = 1e-8  # gradients of the layers against autograd through the reference
@@ -38,54 +40,7 @@ def random_theta(num_vqcs: int, blocks: int, num_qubits: int, seed: int) -> torc
     return (torch.rand(num_vqcs, blocks, 2, num_qubits, generator=generator, dtype=torch.float64) - 0.5) * 4 * math.pi
 
 
-# -- 1. an independent dense construction of Eq. 1 --------------------------------------------------------------
-
-HADAMARD = np.array([[1, 1], [1, -1]], dtype=complex) / np.sqrt(2)
-
-
-def dense_ry(angle: float) -> np.ndarray:
-    c, s = np.cos(angle / 2), np.sin(angle / 2)
-    return np.array([[c, -s], [s, c]], dtype=complex)
-
-
-def dense_rx(angle: float) -> np.ndarray:
-    c, s = np.cos(angle / 2), np.sin(angle / 2)
-    return np.array([[c, -1j * s], [-1j * s, c]], dtype=complex)
-
-
-def kron_all(matrices) -> np.ndarray:
-    """M_0 (x) M_1 (x) ...: the first factor acts on the most significant bit, i.e. on qubit 0."""
-    out = np.ones((1, 1), dtype=complex)
-    for matrix in matrices:
-        out = np.kron(out, matrix)
-    return out
-
-
-def dense_cnot(num_qubits: int, control: int, target: int) -> np.ndarray:
-    """The full CNOT permutation matrix, built from the bits of each basis index (qubit q is bit n-1-q)."""
-    dim = 2**num_qubits
-    matrix = np.zeros((dim, dim), dtype=complex)
-    for column in range(dim):
-        bits = [(column >> (num_qubits - 1 - q)) & 1 for q in range(num_qubits)]
-        if bits[control]:
-            bits[target] ^= 1
-        row = sum(bit << (num_qubits - 1 - q) for q, bit in enumerate(bits))
-        matrix[row, column] = 1
-    return matrix
-
-
-def dense_final_state(theta: np.ndarray) -> np.ndarray:
-    """Eq. 1 for one VQC, angles ``[K, 2, n]``, as a product of dense 2^n x 2^n matrices."""
-    blocks, _, n = theta.shape
-    state = np.zeros(2**n, dtype=complex)
-    state[0] = 1
-    state = kron_all([HADAMARD] * n) @ state
-    for k in range(blocks):
-        state = kron_all([dense_ry(a) for a in theta[k, 0]]) @ state
-        state = kron_all([dense_rx(a) for a in theta[k, 1]]) @ state
-        for q in range(n if n > 1 else 0):  # n = 1: no CNOT; n = 2: CNOT(0,1) then CNOT(1,0)
-            state = dense_cnot(n, q, (q + 1) % n) @ state
-    return state
+# -- 1. an independent dense construction of Eq. 1 (tests/dense_circuit.py) ------------------------------
 
 
 @pytest.mark.parametrize("num_qubits", [1, 2, 3, 5])

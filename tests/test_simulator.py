@@ -9,52 +9,7 @@ import torch
 from nnunet_qpg.simulator import cnot_ring_permutation, num_qubits_for, simulate_vqcs
 from nnunet_qpg.simulator import simulate, torchquantum_available
 
-HADAMARD = np.array([[1, 1], [1, -1]], dtype=complex) / np.sqrt(2)
-
-
-def _ry(a: float) -> np.ndarray:
-    c, s = np.cos(a / 2), np.sin(a / 2)
-    return np.array([[c, -s], [s, c]], dtype=complex)
-
-
-def _rx(a: float) -> np.ndarray:
-    c, s = np.cos(a / 2), np.sin(a / 2)
-    return np.array([[c, -1j * s], [-1j * s, c]], dtype=complex)
-
-
-def _kron_all(matrices) -> np.ndarray:
-    out = np.ones((1, 1), dtype=complex)
-    for m in matrices:
-        out = np.kron(out, m)
-    return out
-
-
-def _cnot_matrix(n: int, control: int, target: int) -> np.ndarray:
-    """Full 2^n x 2^n CNOT, qubit 0 the most significant bit."""
-    dim = 2**n
-    matrix = np.zeros((dim, dim))
-    for i in range(dim):
-        bits = [(i >> (n - 1 - q)) & 1 for q in range(n)]
-        if bits[control]:
-            bits[target] ^= 1
-        j = sum(b << (n - 1 - q) for q, b in enumerate(bits))
-        matrix[j, i] = 1
-    return matrix
-
-
-def dense_final_state(theta: np.ndarray) -> np.ndarray:
-    """Eq. 1 gate by gate with full matrices: theta [K, 2, n]."""
-    blocks, _, n = theta.shape
-    psi = np.zeros(2**n, dtype=complex)
-    psi[0] = 1
-    psi = _kron_all([HADAMARD] * n) @ psi
-    for k in range(blocks):
-        psi = _kron_all([_ry(a) for a in theta[k, 0]]) @ psi
-        psi = _kron_all([_rx(a) for a in theta[k, 1]]) @ psi
-        if n > 1:
-            for q in range(n):
-                psi = _cnot_matrix(n, q, (q + 1) % n) @ psi
-    return psi
+from dense_circuit import dense_cnot, dense_final_state
 
 
 @pytest.mark.parametrize("num_qubits", [1, 2, 3, 6])
@@ -78,7 +33,7 @@ def test_cnot_ring_is_the_product_of_cnot_matrices() -> None:
     n = 4
     ring = np.eye(2**n)
     for q in range(n):
-        ring = _cnot_matrix(n, q, (q + 1) % n) @ ring
+        ring = dense_cnot(n, q, (q + 1) % n) @ ring
     perm = cnot_ring_permutation(n).numpy()
     state = np.random.default_rng(0).normal(size=2**n)
     np.testing.assert_array_equal(ring @ state, state[perm])
