@@ -86,20 +86,26 @@ class KernelLayout:
         """C_target * prod(kernel): one VQC per (target channel, kernel position)."""
         return self.target_channels * math.prod(self.kernel_size)
 
-    def from_vqc_rows(self, values: torch.Tensor) -> torch.Tensor:
-        """``[num_vqcs, C_other]`` (rows ordered (target, k_1, k_2, ...)) -> the weight layout."""
-        spatial = len(self.kernel_size)
+    def vqc_rows_view(self, values: torch.Tensor) -> torch.Tensor:
+        """``[num_vqcs, C_other]`` (rows ordered (target, k_1, k_2, ...)) seen in the weight layout (a view)."""
+        last = 1 + len(self.kernel_size)
         values = values.reshape(self.target_channels, *self.kernel_size, self.other_channels)
-        last = 1 + spatial
         order = [0, last, *range(1, last)] if self.target_axis == 0 else [last, 0, *range(1, last)]
-        return values.permute(order).contiguous()
+        return values.permute(order)
+
+    def from_vqc_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """``[num_vqcs, C_other]`` -> the weight, contiguous."""
+        return self.vqc_rows_view(values).contiguous()
+
+    def output_rows_view(self, out: torch.Tensor) -> torch.Tensor:
+        """``[C_other, num_vqcs]`` (outputs-major; a column block of a wider tensor is fine) seen in the weight
+        layout (a view)."""
+        values = out.view(self.other_channels, self.target_channels, *self.kernel_size)
+        return values if self.target_axis == 1 else values.transpose(0, 1)
 
     def from_output_rows(self, out: torch.Tensor) -> torch.Tensor:
-        """``[C_other, num_vqcs]`` (outputs-major) -> the weight layout."""
-        if self.target_axis == 1:  # the weight is [C_other, target, k...]: already its layout
-            return out.view(self.weight_shape)
-        out = out.view(self.other_channels, self.target_channels, -1).transpose(0, 1)
-        return out.contiguous().view(self.weight_shape)
+        """``[C_other, num_vqcs]`` -> the weight, contiguous."""
+        return self.output_rows_view(out).contiguous()
 
     def to_output_rows(self, weight: torch.Tensor) -> torch.Tensor:
         """A weight-shaped tensor as ``[C_other, num_vqcs]`` (the inverse of :meth:`from_output_rows`)."""

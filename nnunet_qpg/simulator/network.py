@@ -353,7 +353,7 @@ def _run_plan(plan: _Plan, requests: Sequence[KernelRequest]) -> list[torch.Tens
 
 def _hand_out(results: list, group: _SimulatedGroup, values: torch.Tensor, requests: Sequence[KernelRequest]) -> None:
     for index, piece in zip(group.members, values.split(group.sizes)):
-        results[index] = _vqc_rows_as_weight(piece, requests[index].layout)
+        results[index] = requests[index].layout.vqc_rows_view(piece)
 
 
 class _AffineRows(torch.autograd.Function):
@@ -388,21 +388,6 @@ class _AffineRows(torch.autograd.Function):
             grad_coefficients.index_add_(0, group.scale_position, torch.linalg.vecdot(grad, readout))
             grad_offsets[:, :group.outputs].index_add_(0, group.row_layer, grad)
         return grad_coefficients, grad_offsets, None, *grad_readouts
-
-
-def _output_rows_as_weight(columns: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
-    """``[C_other, num_vqcs]`` (a column block, VQCs (target, k...)-major) as a view in the weight layout."""
-    values = columns.view(layout.other_channels, layout.target_channels, *layout.kernel_size)
-    return values if layout.target_axis == 1 else values.transpose(0, 1)
-
-
-def _vqc_rows_as_weight(rows: torch.Tensor, layout: KernelLayout) -> torch.Tensor:
-    """``[num_vqcs, C_other]`` rows (target, k...)-major as a view in the weight layout (no copy)."""
-    spatial = len(layout.kernel_size)
-    values = rows.view(layout.target_channels, *layout.kernel_size, layout.other_channels)
-    last = 1 + spatial
-    order = [0, last, *range(1, last)] if layout.target_axis == 0 else [last, 0, *range(1, last)]
-    return values.permute(order)
 
 
 class _HalfRegisterStage(torch.autograd.Function):
@@ -486,7 +471,7 @@ class _OutputStage(torch.autograd.Function):
             group_offsets = offsets.index_select(0, group.layers)[:, :group.outputs]
             out.addmm_(group_offsets.T, group.membership)
             # Handed out as views in each layer's weight layout: the layers' gradients then arrive in that layout.
-            pieces.extend(_output_rows_as_weight(piece, layouts[index])
+            pieces.extend(layouts[index].output_rows_view(piece)
                           for piece, index in zip(out.split(group.sizes, dim=1), group.members))
         saved = []
         if plan.flat_members:
