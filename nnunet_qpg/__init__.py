@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "QPGConfig": "nnunet_qpg.config",
+    "NoiseModel": "nnunet_qpg.simulator.noise",
     "apply_qpg": "nnunet_qpg.surgery",
     "bake": "nnunet_qpg.surgery",
     "find_layers": "nnunet_qpg.surgery",

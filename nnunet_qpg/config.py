@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:  # the simulator imports torch; this module stays light for `--help` and trainer discovery
+    from nnunet_qpg.simulator.measurement import Execution
+    from nnunet_qpg.simulator.noise import NoiseModel
 
 __all__ = ["MODES", "POSTS", "QPGConfig", "QPGConfigError"]
 
@@ -74,6 +78,17 @@ class QPGConfig:
         train_only: ``None`` keeps every other parameter trainable (the paper's full-parameter scenario); a
             tuple of patterns freezes everything except the QPG / LoRA parameters and the matched modules (the
             PEFT scenario, e.g. ``("decoder.seg_layers.*",)``; ``()`` trains the adapters alone).
+        shots: QPG modes: None (exact probabilities, the default) or N samples per circuit per training step
+            (SPEC section 7; LPP and SST only: RCE needs amplitudes, which are not measurable).
+        gradient: ``"backprop"`` (default; with shots a straight-through estimator) or ``"parameter-shift"``
+            (the two-term shift rule, as hardware computes gradients; LPP and SST only).
+        noise: None, or a :class:`~nnunet_qpg.simulator.noise.NoiseModel` (depolarizing gates, readout error;
+            a dict of its fields is accepted, as ``qpg_settings.json`` stores it).
+        entangle: False leaves the CNOT ring out of every VQC: the same parameter count without entanglement,
+            the control that tells what the entanglement contributes.
+
+    Shots, parameter shift and noise concern training forward passes; eval mode and baking read the exact
+    distribution of the same circuits (noise and ring kept), the expectation of what training sampled.
     """
 
     targets: tuple[str, ...] = ()
@@ -85,6 +100,10 @@ class QPGConfig:
     start_at_base: bool = False
     train_bias: bool = False
     train_only: tuple[str, ...] | None = field(default=None)
+    shots: int | None = None
+    gradient: str = "backprop"
+    noise: NoiseModel | None = None
+    entangle: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise in place once, here
@@ -111,6 +130,29 @@ class QPGConfig:
         for flag in ("start_at_base", "train_bias"):
             if not isinstance(getattr(self, flag), bool):
                 raise QPGConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if isinstance(self.gradient, str):
+            set_(self, "gradient", self.gradient.lower())
+        from nnunet_qpg.simulator.measurement import check_measurable
+        from nnunet_qpg.simulator.noise import NoiseModel
+
+        try:
+            if isinstance(self.noise, dict):
+                set_(self, "noise", NoiseModel.from_dict(self.noise))
+            execution = self.execution
+            if self.mode != "lora":
+                check_measurable("real" if post == "rce" else "probabilities", execution, "this config")
+        except ValueError as error:
+            raise QPGConfigError(str(error)) from None
+        if self.mode == "lora" and not execution.is_exact:
+            raise QPGConfigError(f"shots, gradient, noise and entangle apply to the QPG modes ('replace', "
+                                 f"'adapter'); ConvLoRA has no circuits (got {execution.describe()})")
+
+    @property
+    def execution(self) -> Execution:
+        """How the swapped layers' circuits run (:class:`~nnunet_qpg.simulator.measurement.Execution`)."""
+        from nnunet_qpg.simulator.measurement import Execution
+
+        return Execution(shots=self.shots, gradient=self.gradient, noise=self.noise, entangle=self.entangle)
 
     @property
     def is_classical(self) -> bool:
@@ -123,8 +165,9 @@ class QPGConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (tuples as lists), every field, as written into ``qpg_settings.json``."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+        data = {field_.name: getattr(self, field_.name) for field_ in dataclasses.fields(self)}
+        data["noise"] = None if self.noise is None else self.noise.to_dict()
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QPGConfig":
@@ -140,11 +183,13 @@ class QPGConfig:
     @classmethod
     def from_keywords(cls, targets: Sequence[str] | str, mode: str = "replace", post: str = "lpp",
                       blocks: int = 1, r: int = 8, alpha: float | None = None, start_at_base: bool = False,
-                      train_bias: bool = False, train_only: Sequence[str] | None = None) -> "QPGConfig":
+                      train_bias: bool = False, train_only: Sequence[str] | None = None, shots: int | None = None,
+                      gradient: str = "backprop", noise: NoiseModel | dict | None = None,
+                      entangle: bool = True) -> "QPGConfig":
         """The config of ``apply_qpg``'s keyword form (``r`` is the rank; a single pattern may be a string)."""
         return cls(targets=(targets,) if isinstance(targets, str) else tuple(targets), mode=mode, post=post,
                    blocks=blocks, rank=r, alpha=alpha, start_at_base=start_at_base, train_bias=train_bias,
-                   train_only=train_only)
+                   train_only=train_only, shots=shots, gradient=gradient, noise=noise, entangle=entangle)
 
     def describe(self) -> str:
         """One line for logs and tables, e.g. "QPGConv LPP, K=1 on decoder.seg_layers.*"."""
@@ -154,4 +199,6 @@ class QPGConfig:
             what = f"ConvLoRA r={self.rank}"
         else:
             what = f"{'QPGConv' if self.mode == 'replace' else 'QPGAConv'} {self.post.upper()}, K={self.blocks}"
+            if not self.execution.is_exact:
+                what += f", {self.execution.describe()}"
         return f"{what} on {', '.join(self.targets)}"

@@ -6,7 +6,8 @@ that model (a pre-forward hook, so nnU-Net's trainer, its predictor, DDP, ``torc
 batched call of :class:`~nnunet_qpg.simulator.network.NetworkGenerator`; each layer reads its kernel once. The hook
 runs outside torch.compile graphs, so the compiled network reads the kernels as inputs and no layer breaks the
 graph. In eval mode without grad the hook does nothing and layers use their cached kernels. A layer called on its
-own (outside the model's forward) generates its kernel itself, with the same numbers.
+own (outside the model's forward) generates its kernel itself, with the same numbers. Layers with shots, parameter
+shift, noise or no ring generate their kernels one by one, in this hook too, so they never break a compiled graph.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ class NetworkGeneration:
             return
         device_type = active[0].theta.device.type
         # Autocast would run the simulation in half precision; the kernels are small, keep them exact.
+        # Layers that measure as hardware would (shots, parameter shift, noise, no ring) run their own circuits;
+        # the batched generator is for exact simulation.
+        exact = [layer for layer in active if layer.execution.is_exact]
         with torch.autocast(device_type=device_type, enabled=False):
             kernels = self.generator.generate([
-                KernelRequest(layer.theta, layer.layout, layer.post, layer.backend) for layer in active])
-            for layer, kernel in zip(active, kernels):
+                KernelRequest(layer.theta, layer.layout, layer.post, layer.backend) for layer in exact])
+            for layer, kernel in zip(exact, kernels):
                 layer._pending_kernel = layer.weight_from_generated(kernel)
+            for layer in active:
+                if not layer.execution.is_exact:
+                    layer._pending_kernel = layer.generate_weight()
 
     def clear(self) -> None:
         """Drop kernels no layer read (a layer the forward pass skipped, or an exception on the way)."""

@@ -22,6 +22,8 @@ from torch import nn
 
 from nnunet_qpg.postprocessing import POST_PROCESSING, PostProcessing, make_post_processing
 from nnunet_qpg.simulator import KernelLayout, SourceOrderBase, check_backend, generate_kernel, one_block_fusable
+from nnunet_qpg.simulator.measurement import Execution, check_measurable
+from nnunet_qpg.simulator.noise import NoiseModel
 
 __all__ = ["CONV_TYPES", "ConvLoRA", "GeneratedKernelConv", "QPGAConv", "QPGConv", "QuantumKernelConv", "is_convolution"]
 
@@ -201,12 +203,19 @@ class QuantumKernelConv(GeneratedKernelConv):
     channel's weights at its kernel position along the other channel axis with its first C_other outputs.
     """
 
-    def __init__(self, conv: nn.Module, post: str = "lpp", blocks: int = 1) -> None:
+    def __init__(self, conv: nn.Module, post: str = "lpp", blocks: int = 1, shots: int | None = None,
+                 gradient: str = "backprop", noise: NoiseModel | None = None, entangle: bool = True) -> None:
         super().__init__(conv)
         if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
             raise ValueError(f"blocks must be an integer >= 1 (the paper uses 1), got {blocks!r}")
         if str(post).lower() not in POST_PROCESSING:
             make_post_processing(post, 1, 1)  # raises the message that lists the accepted names
+        self.execution = Execution(shots=shots, gradient=gradient, noise=noise, entangle=entangle)
+        check_measurable("real" if str(post).lower() == "rce" else "probabilities", self.execution,
+                         f"{type(self).__name__}")
+        # Eval mode and baking read the exact distribution (the expectation of what training sampled) unless
+        # this is set: then eval forward passes sample too.
+        self.sample_in_eval: bool = False
         self.layout = KernelLayout(tuple(self.weight_shape), self.transposed)
         self.target_axis: int = self.layout.target_axis
         self.other_axis: int = 1 - self.target_axis
@@ -236,25 +245,79 @@ class QuantumKernelConv(GeneratedKernelConv):
         """The paper's QPG parameter count: the number of VQC angles."""
         return self.theta.numel()
 
+    @property
+    def shots(self) -> int | None:
+        """Samples per circuit per training forward pass; None: exact probabilities."""
+        return self.execution.shots
+
+    @property
+    def gradient(self) -> str:
+        """``"backprop"`` or ``"parameter-shift"`` (:data:`~nnunet_qpg.simulator.measurement.GRADIENTS`)."""
+        return self.execution.gradient
+
+    @property
+    def noise(self) -> NoiseModel | None:
+        return self.execution.noise
+
+    @property
+    def entangle(self) -> bool:
+        """False: the CNOT ring is left out of Eq. 1 (the ablation that tells what entanglement contributes)."""
+        return self.execution.entangle
+
+    def execution_now(self) -> Execution:
+        """How this pass runs the circuits: as configured while training with grad (or with ``sample_in_eval``);
+        otherwise from the exact distribution of the same (noisy) circuits, which is what eval mode and baking
+        use: the expectation of the sampled kernels training saw."""
+        if self.sample_in_eval or (self.training and torch.is_grad_enabled()):
+            return self.execution
+        return self.execution.exact_distribution()
+
     def fused_one_block(self) -> bool:
         """Whether generation takes the fused one-block pass (the paper's K = 1 on the native backend)."""
-        return one_block_fusable(self.blocks, self.num_qubits, self.post, self.theta.dtype, self.backend)
+        return self.execution.is_exact and one_block_fusable(self.blocks, self.num_qubits, self.post,
+                                                             self.theta.dtype, self.backend)
 
     def quantum_kernel(self) -> torch.Tensor:
         """The generated tensor of Eq. 6 / Eq. 8, shaped like the wrapped convolution's weight."""
-        return generate_kernel(self.theta, self.layout, self.post, backend=self.backend)
+        return generate_kernel(self.theta, self.layout, self.post, backend=self.backend,
+                               execution=self.execution_now())
+
+    def circuits_qasm(self) -> list[str]:
+        """One OpenQASM 2 program per VQC, in VQC order (``theta``'s first axis), as SPEC section 7 writes them."""
+        from nnunet_qpg.simulator.qasm import vqcs_qasm
+
+        return vqcs_qasm(self.theta.detach(), entangle=self.entangle)
+
+    def kernel_from_counts(self, counts) -> torch.Tensor:
+        """The weight rebuilt from measured counts, one dict per VQC in VQC order (Qiskit's ``get_counts()`` of
+        :meth:`circuits_qasm`'s programs: classical bit 0 rightmost). Returns what :meth:`generate_weight`
+        returns (for QPGAConv W plus the increment); the noise model's readout mitigation is applied if set."""
+        from nnunet_qpg.simulator.noise import mitigate_readout_error
+        from nnunet_qpg.simulator.qasm import probabilities_from_counts
+
+        check_measurable(self.post.readout, Execution(shots=1), f"{type(self).__name__}.kernel_from_counts")
+        probabilities = probabilities_from_counts(counts, self.num_qubits, expected=self.num_vqcs)
+        probabilities = probabilities.to(device=self.theta.device, dtype=self.theta.dtype)
+        noise = self.noise
+        if noise is not None and noise.mitigate_readout and noise.has_readout_error:
+            probabilities = mitigate_readout_error(probabilities, self.num_qubits, noise)
+        with torch.no_grad():
+            values = self.post(probabilities[:, :self.other_channels])
+            return self.weight_from_generated(self.layout.from_vqc_rows(values))
 
     def extra_repr(self) -> str:
+        execution = "" if self.execution.is_exact else f", execution={self.execution.describe()!r}"
         return (f"{super().extra_repr()}, post={self.post_name!r}, blocks={self.blocks}, "
-                f"vqcs={self.num_vqcs}, qubits={self.num_qubits}")
+                f"vqcs={self.num_vqcs}, qubits={self.num_qubits}{execution}")
 
 
 class QPGConv(QuantumKernelConv):
     """QPGConv (Eqs. 6, 8): the kernel IS the VQC-generated tensor; the bias stays classical and trainable."""
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, post: str = "lpp", blocks: int = 1) -> "QPGConv":
-        return cls(conv, post=post, blocks=blocks)
+    def from_conv(cls, conv: nn.Module, post: str = "lpp", blocks: int = 1, shots: int | None = None,
+                  gradient: str = "backprop", noise: NoiseModel | None = None, entangle: bool = True) -> "QPGConv":
+        return cls(conv, post=post, blocks=blocks, shots=shots, gradient=gradient, noise=noise, entangle=entangle)
 
     def generate_weight(self) -> torch.Tensor:
         return self.quantum_kernel()
@@ -273,8 +336,10 @@ class QPGAConv(QuantumKernelConv):
     """
 
     def __init__(self, conv: nn.Module, post: str = "lpp", blocks: int = 1, start_at_base: bool = False,
-                 train_bias: bool = False) -> None:
-        super().__init__(conv, post=post, blocks=blocks)
+                 train_bias: bool = False, shots: int | None = None, gradient: str = "backprop",
+                 noise: NoiseModel | None = None, entangle: bool = True) -> None:
+        super().__init__(conv, post=post, blocks=blocks, shots=shots, gradient=gradient, noise=noise,
+                         entangle=entangle)
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
         if self.bias is not None:
             self.bias.requires_grad_(train_bias)
@@ -286,8 +351,10 @@ class QPGAConv(QuantumKernelConv):
 
     @classmethod
     def from_conv(cls, conv: nn.Module, post: str = "lpp", blocks: int = 1, start_at_base: bool = False,
-                  train_bias: bool = False) -> "QPGAConv":
-        return cls(conv, post=post, blocks=blocks, start_at_base=start_at_base, train_bias=train_bias)
+                  train_bias: bool = False, shots: int | None = None, gradient: str = "backprop",
+                  noise: NoiseModel | None = None, entangle: bool = True) -> "QPGAConv":
+        return cls(conv, post=post, blocks=blocks, start_at_base=start_at_base, train_bias=train_bias, shots=shots,
+                   gradient=gradient, noise=noise, entangle=entangle)
 
     def generate_weight(self) -> torch.Tensor:
         base = (self.weight, self.initial_increment) if self.start_at_base else (self.weight,)

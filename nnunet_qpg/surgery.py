@@ -116,11 +116,12 @@ def _replace_references(model: nn.Module, old: nn.Module, new: nn.Module) -> Non
 
 
 def _build(config: QPGConfig, conv: nn.Module) -> GeneratedKernelConv:
+    circuits = dict(shots=config.shots, gradient=config.gradient, noise=config.noise, entangle=config.entangle)
     if config.mode == "replace":
-        return QPGConv.from_conv(conv, post=config.post, blocks=config.blocks)
+        return QPGConv.from_conv(conv, post=config.post, blocks=config.blocks, **circuits)
     if config.mode == "adapter":
         return QPGAConv.from_conv(conv, post=config.post, blocks=config.blocks, start_at_base=config.start_at_base,
-                                  train_bias=config.train_bias)
+                                  train_bias=config.train_bias, **circuits)
     return ConvLoRA.from_conv(conv, r=config.rank, alpha=config.alpha, train_bias=config.train_bias)
 
 
@@ -136,7 +137,8 @@ def apply_qpg(model: nn.Module, config: QPGConfig | Sequence[str] | str | None =
     Keywords (see :class:`~nnunet_qpg.config.QPGConfig`): ``targets`` (glob patterns over qualified module names;
     may also be given positionally), ``mode`` ('replace' QPGConv, 'adapter' QPGAConv, 'lora' ConvLoRA), ``post``
     ('rce', 'lpp', 'sst'), ``blocks`` (K), ``r`` and ``alpha`` (LoRA), ``start_at_base``, ``train_bias``,
-    ``train_only`` (freeze all but the adapters and these modules).
+    ``train_only`` (freeze all but the adapters and these modules), ``shots``, ``gradient`` ('backprop',
+    'parameter-shift'), ``noise`` (a NoiseModel) and ``entangle`` (SPEC section 7, QPG modes only).
 
     Returns a :class:`QPGReport` listing the swapped layers with the parameter accounting; ``report.settings``
     is the config as a dict.

@@ -10,7 +10,10 @@ the float64 truth every fast path below is tested against.
 * :mod:`~nnunet_qpg.simulator.generation` -- one layer's generated tensor in its weight layout;
 * :mod:`~nnunet_qpg.simulator.network` -- every QPG layer of a network generated together, once per forward;
 * :mod:`~nnunet_qpg.simulator.backends` -- simulators by name (native, torchquantum, reference);
-  :mod:`~nnunet_qpg.simulator.torchquantum_circuit` builds the circuit with TorchQuantum.
+  :mod:`~nnunet_qpg.simulator.torchquantum_circuit` builds the circuit with TorchQuantum;
+* towards hardware (SPEC section 7): :mod:`~nnunet_qpg.simulator.measurement` -- finite shots and parameter-shift
+  gradients; :mod:`~nnunet_qpg.simulator.noise` -- depolarizing gates and readout error (density matrices, Pauli
+  trajectories), the circuits without the ring; :mod:`~nnunet_qpg.simulator.qasm` -- OpenQASM 2 out, counts in.
 
 Conventions (``docs/method.md``): basis index i = sum_q b_q 2^(n-1-q), qubit 0 the most significant bit;
 angles ``theta[num_vqcs, K, 2, n]`` with ``theta[:, k, 0]`` the RY and ``theta[:, k, 1]`` the RX angles of block k.

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from nnunet_qpg.simulator.backends import simulate
+from nnunet_qpg.simulator.measurement import Execution, measured_readout
 from nnunet_qpg.simulator.one_block import half_register_factors, ring_outer_product, to_ring_source_order
 
 __all__ = ["KernelLayout", "PostProcessingLike", "SourceOrderBase", "generate_kernel", "num_qubits_for",
@@ -142,7 +143,8 @@ class SourceOrderBase:
 
 
 def generate_kernel(theta: torch.Tensor, layout: KernelLayout, post: PostProcessingLike, *,
-                    backend: str = "native", base_source: torch.Tensor | None = None) -> torch.Tensor:
+                    backend: str = "native", base_source: torch.Tensor | None = None,
+                    execution: Execution | None = None) -> torch.Tensor:
     """Eq. 1's circuits, their readout and post-processing (Eqs. 3-5), laid out as the weight (Eq. 6 / Eq. 8).
 
     Args:
@@ -152,7 +154,14 @@ def generate_kernel(theta: torch.Tensor, layout: KernelLayout, post: PostProcess
         backend: a registered simulation backend.
         base_source: only with :func:`one_block_fusable`: a base kernel from :class:`SourceOrderBase`, added in
             the same pass (QPGAConv's W, Eq. 7).
+        execution: how the circuits run (:mod:`~nnunet_qpg.simulator.measurement`: shots, parameter shift,
+            noise, no ring); None or the default ``Execution()`` is exact simulation on the paths below.
     """
+    if execution is not None and not execution.is_exact:
+        if base_source is not None:
+            raise ValueError("base_source needs the fused one-block path, which exact execution alone takes")
+        readout = measured_readout(theta, layout.other_channels, post.readout, execution, backend=backend)
+        return layout.from_vqc_rows(post(readout))
     blocks = theta.shape[1]
     if one_block_fusable(blocks, layout.num_qubits, post, theta.dtype, backend):
         return _fused_one_block(theta, layout, post, base_source)
