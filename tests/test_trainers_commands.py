@@ -53,7 +53,8 @@ def test_nnunet_finds_the_shipped_trainers(monkeypatch) -> None:
 
     monkeypatch.setenv("nnUNet_extTrainer", str(REPO / "trainers"))
     for name in ("nnUNetTrainerQPG", "nnUNetTrainerQPG_SST", "nnUNetTrainerQPGDecoder", "nnUNetTrainerQPGA",
-                 "nnUNetTrainerConvLoRA", "nnUNetTrainerQPG_Paper", "nnUNetTrainer_Paper"):
+                 "nnUNetTrainerConvLoRA", "nnUNetTrainerQPG_Paper", "nnUNetTrainer_Paper", "nnUNetTrainerQPG_Shots",
+                 "nnUNetTrainerQPG_Noisy", "nnUNetTrainerQPG_NoEntanglement"):
         assert recursive_find_trainer_class_by_name(name).__name__ == name
 
 
@@ -145,6 +146,35 @@ def test_new_trainer_writes_an_importable_trainer(tmp_path: Path, capsys) -> Non
     assert "already a shipped trainer" in capsys.readouterr().err
     assert main(["new-trainer", "PaperProtocol", "--targets", "x", "-o", str(tmp_path)]) == 2
     assert "a class the trainer file builds on" in capsys.readouterr().err
+
+
+def test_hardware_trainers_and_their_settings() -> None:
+    hardware = _import_as_top_level(REPO / "trainers" / "nnUNetTrainerQPG_Shots.py", "t_hardware")
+    shots = hardware.nnUNetTrainerQPG_Shots.resolved_qpg_config()
+    assert (shots.post, shots.shots, shots.gradient, shots.noise, shots.entangle) == (
+        "lpp", 1000, "parameter-shift", None, True)
+    noisy = hardware.nnUNetTrainerQPG_Noisy.resolved_qpg_config()
+    assert noisy.noise.readout_error == (0.02, 0.02)
+    assert (noisy.noise.one_qubit_depolarizing, noisy.noise.two_qubit_depolarizing) == (0.001, 0.01)
+    assert (noisy.shots, noisy.gradient) == (1000, "parameter-shift")
+    control = hardware.nnUNetTrainerQPG_NoEntanglement.resolved_qpg_config()
+    assert control.entangle is False and control.replace(entangle=True) == hardware.nnUNetTrainerQPG.qpg_config
+
+
+def test_new_trainer_writes_hardware_settings(tmp_path: Path, capsys) -> None:
+    argv = ["new-trainer", "nnUNetTrainerQPGDevice", "--targets", "decoder.seg_layers.*", "--mode", "replace",
+            "--post", "sst", "--blocks", "1", "--shots", "500", "--gradient", "parameter-shift", "--readout-error", "0.02", "--depolarizing", "0.001",
+            "0.01", "--no-entanglement", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    module = _import_as_top_level(tmp_path / "nnUNetTrainerQPGDevice.py", "device_trainer")
+    assert shlex.split(module.CREATED_WITH) == ["nnunet-qpg", *argv]
+    config = module.nnUNetTrainerQPGDevice.resolved_qpg_config()
+    assert (config.shots, config.gradient, config.entangle) == (500, "parameter-shift", False)
+    assert config.noise.readout_error == (0.02, 0.02) and config.noise.two_qubit_depolarizing == 0.01
+    assert main(["new-trainer", "nnUNetTrainerQPGBad", "--targets", "x", "--post", "rce", "--shots", "100",
+                 "-o", str(tmp_path)]) == 2
+    assert "amplitudes" in capsys.readouterr().err
+    assert not (tmp_path / "nnUNetTrainerQPGBad.py").exists()
 
 
 def test_new_trainer_lora_with_short_schedule(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_qpg.trainers.nnUNetTrainerConvLoRA import nnUNetTrainerConvLoRA
 from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
 from nnunet_qpg.trainers.nnUNetTrainerQPGA import nnUNetTrainerQPGA
+from nnunet_qpg.trainers.nnUNetTrainerQPG_Shots import nnUNetTrainerQPG_Noisy
 
 EPOCHS = int(os.environ.get("QPG_TEST_EPOCHS", "1"))
 
@@ -54,6 +55,10 @@ class nnUNetTrainerQPGA_Test(Short, nnUNetTrainerQPGA):
 
 
 class nnUNetTrainerConvLoRA_Test(Short, nnUNetTrainerConvLoRA):
+    pass
+
+
+class nnUNetTrainerQPG_Noisy_Test(Short, nnUNetTrainerQPG_Noisy):
     pass
 
 
@@ -174,6 +179,17 @@ def test_qpg_trains_resumes_and_predicts(planned: Planned, tmp_path: Path, monke
     assert_masks(planned.predict(trainer, tmp_path / "pred_qpg"))
     network = strict_predictor_load(planned, trainer, monkeypatch)
     assert type(network.decoder.seg_layers[2]).__name__ == "QPGConv"
+
+
+def test_shots_parameter_shift_and_noise_train_through_nnunet_and_predict(planned: Planned, tmp_path: Path) -> None:
+    trainer = "nnUNetTrainerQPG_Noisy_Test"
+    planned.train(trainer)
+    saved = settings(planned, trainer)["qpg"]["settings"]
+    assert saved["shots"] == 1000 and saved["gradient"] == "parameter-shift"
+    assert saved["noise"]["readout_error"] == [0.02, 0.02] and saved["noise"]["two_qubit_depolarizing"] == 0.01
+    weights = load_checkpoint(planned.fold_dir(trainer) / "checkpoint_final.pth")["network_weights"]
+    assert all(torch.isfinite(weights[f"decoder.seg_layers.{i}.theta"]).all() for i in range(3))
+    assert_masks(planned.predict(trainer, tmp_path / "pred_noisy"))
 
 
 @pytest.mark.parametrize("trainer, layer_type, added", [

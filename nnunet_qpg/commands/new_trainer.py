@@ -10,6 +10,8 @@ examples:
   nnunet-qpg new-trainer nnUNetTrainerQPGBottleneck --targets "encoder.stages.4.*" "decoder.stages.0.*" -o my_trainers
   # adapters over a pretrained encoder, SST post-processing, the paper's schedule
   nnunet-qpg new-trainer nnUNetTrainerQPGAEncoder --targets "encoder.*" --mode adapter --post sst --paper-schedule -o my_trainers
+  # the heads trained as a noisy device would: 1,000 shots, parameter-shift gradients, 2% readout error
+  nnunet-qpg new-trainer nnUNetTrainerQPGDevice --targets "decoder.seg_layers.*" --shots 1000 --gradient parameter-shift --readout-error 0.02 -o my_trainers
 
   export nnUNet_extTrainer=$(nnunet-qpg trainers-path):$PWD/my_trainers
   nnUNetv2_train 1 2d 0 -tr nnUNetTrainerQPGBottleneck
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_qpg.commands.arguments import positive_int
-from nnunet_qpg.config import MODES, POSTS, QPGConfig
+from nnunet_qpg.config import MODES, POSTS, QPGConfig, QPGConfigError
 
 HEADS = "decoder.seg_layers.*"
 TRAINER_MODULE = "nnunet_qpg.nnunet_trainer"
@@ -43,15 +45,17 @@ class GeneratedSourceError(RuntimeError):
 
 def trainer_settings(mode: str = "replace", post: str = "lpp", blocks: int = 1, rank: int = 8,
                      targets: list[str] | tuple[str, ...] = (), train_only: list[str] | None = None,
-                     epochs: int | None = None, iterations_per_epoch: int | None = None
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+                     epochs: int | None = None, iterations_per_epoch: int | None = None,
+                     circuits: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the QPGConfig keywords, the schedule class attributes) of a generated trainer, in the order they are
-    written; all plain literals. The config is validated here (QPGConfigError for a bad setting)."""
+    written; all plain literals. ``circuits`` holds non-default ``shots``, ``gradient``, ``noise`` (a dict of
+    NoiseModel fields) and ``entangle``. The config is validated here (QPGConfigError for a bad setting)."""
     config: dict[str, Any] = {"targets": tuple(targets), "mode": mode}
     if mode == "lora":
         config["rank"] = rank
     else:
         config.update(post=post, blocks=blocks)
+    config.update(circuits or {})
     if train_only is not None:
         config["train_only"] = tuple(train_only)
     QPGConfig(**config)
@@ -71,15 +75,17 @@ def _literal(value: Any) -> str:
     if isinstance(value, tuple):
         items = [_literal(item) for item in value]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-    if value is None or isinstance(value, (bool, int, str)):
-        return ascii(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(key)}: {_literal(item)}" for key, item in value.items()) + "}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return ascii(value) if not isinstance(value, float) else repr(value)
     raise TypeError(f"not a literal for a trainer file: {type(value).__name__}")
 
 
 def trainer_source(name: str, targets: list[str], mode: str = "replace", post: str = "lpp", blocks: int = 1,
                    rank: int = 8, train_only: list[str] | None = None, paper_schedule: bool = False,
                    epochs: int | None = None, iterations_per_epoch: int | None = None,
-                   command_line: str = "") -> str:
+                   command_line: str = "", circuits: dict[str, Any] | None = None) -> str:
     """The Python source of a trainer module defining class ``name``.
 
     User text (patterns, the command line) appears only as ``ascii()`` string literals in assignments, never in
@@ -89,7 +95,8 @@ def trainer_source(name: str, targets: list[str], mode: str = "replace", post: s
     if not valid_class_name(name):
         raise ValueError(f"{name!r} is not an ASCII Python identifier")
     bases = ("PaperProtocol", "nnUNetTrainerQPGBase") if paper_schedule else ("nnUNetTrainerQPGBase",)
-    config, schedule = trainer_settings(mode, post, blocks, rank, targets, train_only, epochs, iterations_per_epoch)
+    config, schedule = trainer_settings(mode, post, blocks, rank, targets, train_only, epochs, iterations_per_epoch,
+                                        circuits)
     arguments = ", ".join(f"{key}={_literal(value)}" for key, value in config.items())
     lines = [
         '"""A trainer written by `nnunet-qpg new-trainer` (CREATED_WITH holds its command line).',
@@ -198,6 +205,16 @@ def command_line_of(args: argparse.Namespace, targets: list[str], train_only: li
         words += ["--epochs", str(args.epochs)]
     if args.iterations_per_epoch is not None:
         words += ["--iterations-per-epoch", str(args.iterations_per_epoch)]
+    if args.shots is not None:
+        words += ["--shots", str(args.shots)]
+    if args.gradient != "backprop":
+        words += ["--gradient", args.gradient]
+    if args.readout_error is not None:
+        words += ["--readout-error", repr(args.readout_error)]
+    if args.depolarizing is not None:
+        words += ["--depolarizing", *map(repr, args.depolarizing)]
+    if args.no_entanglement:
+        words.append("--no-entanglement")
     return shlex.join([*words, "-o", str(args.output)])
 
 
@@ -220,6 +237,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations-per-epoch", type=positive_int, default=None,
                         help="training iterations per epoch (default: nnU-Net's 250); validation iterations follow "
                              "nnU-Net's 5:1 ratio")
+    hardware = parser.add_argument_group("towards hardware (QPG modes, LPP or SST; see the README's 'Towards hardware')")
+    hardware.add_argument("--shots", type=positive_int, default=None,
+                          help="samples per circuit per training step (default: exact probabilities)")
+    hardware.add_argument("--gradient", choices=("backprop", "parameter-shift"), default="backprop",
+                          help="angle gradients: autograd (default) or the parameter-shift rule hardware uses")
+    hardware.add_argument("--readout-error", type=float, default=None, metavar="P",
+                          help="per-qubit readout error, e.g. 0.02")
+    hardware.add_argument("--depolarizing", type=float, nargs=2, default=None, metavar=("P1", "P2"),
+                          help="depolarizing probability after every one-qubit gate and after every CNOT, e.g. 0.001 0.01")
+    hardware.add_argument("--no-entanglement", action="store_true",
+                          help="leave the CNOT ring out (the control without entanglement)")
     parser.add_argument("-o", "--output", type=Path, default=Path("."), help="folder to write NAME.py into (default: .)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
 
@@ -254,10 +282,28 @@ def _run(args: argparse.Namespace) -> int:
     if (path.exists() or path.is_symlink()) and not args.force:
         print(f"new-trainer: {path} exists; pass --force to overwrite it", file=sys.stderr)
         return 1
-    source = trainer_source(name, targets, mode=args.mode, post=args.post, blocks=args.blocks, rank=args.rank,
-                            train_only=train_only, paper_schedule=args.paper_schedule, epochs=args.epochs,
-                            iterations_per_epoch=args.iterations_per_epoch,
-                            command_line=command_line_of(args, targets, args.train_only))
+    circuits: dict[str, Any] = {}
+    if args.shots is not None:
+        circuits["shots"] = args.shots
+    if args.gradient != "backprop":
+        circuits["gradient"] = args.gradient
+    if args.readout_error is not None or args.depolarizing is not None:
+        noise: dict[str, Any] = {}
+        if args.readout_error is not None:
+            noise["readout_error"] = args.readout_error
+        if args.depolarizing is not None:
+            noise["one_qubit_depolarizing"], noise["two_qubit_depolarizing"] = args.depolarizing
+        circuits["noise"] = noise
+    if args.no_entanglement:
+        circuits["entangle"] = False
+    try:
+        source = trainer_source(name, targets, mode=args.mode, post=args.post, blocks=args.blocks, rank=args.rank,
+                                train_only=train_only, paper_schedule=args.paper_schedule, epochs=args.epochs,
+                                iterations_per_epoch=args.iterations_per_epoch,
+                                command_line=command_line_of(args, targets, args.train_only), circuits=circuits)
+    except QPGConfigError as error:
+        print(f"new-trainer: {error}", file=sys.stderr)
+        return 2
     make_output_folder(args.output, "-o")
     write_text_atomically(path, source)
     print(f"wrote {path}\nuse it with:\n  export nnUNet_extTrainer=\"$nnUNet_extTrainer{os.pathsep}"
