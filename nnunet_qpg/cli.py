@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("nnunet_qpg.commands.demo", "synthetic KiTS19 end to end: convert, train QPG and baseline, predict, evaluate"),
     "trainers-path": ("nnunet_qpg.commands.trainers_path", "print the folder to export as nnUNet_extTrainer"),
     "info": ("nnunet_qpg.commands.info", "parameter table of QPG placed on a network planned by nnU-Net"),
+    "hardware-cost": ("nnunet_qpg.commands.hardware_cost",
+                      "circuits, shots, jobs and time QPG training would cost on a quantum computer"),
     "new-trainer": ("nnunet_qpg.commands.new_trainer", "write a trainer file that puts QPG on chosen layers"),
     "synth-kits19": ("nnunet_qpg.dataset_conversion.synth_kits19", "make a small synthetic KiTS19-like folder"),
     "convert-kits19": (
@@ -25,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("nnunet_qpg.commands.predict", "masks for a folder of 3D CT volumes with a trained 2D model"),
     "predict-kits19": ("nnunet_qpg.commands.predict_kits19", "two-stage kidney then tumour prediction, KiTS19 labels"),
     "export": ("nnunet_qpg.commands.export", "bake QPG layers into a model folder stock nnU-Net can use"),
+    "export-circuits": ("nnunet_qpg.commands.export_circuits",
+                        "write a trained model's VQCs as OpenQASM 2 files, to run on a quantum computer"),
     "evaluate": ("nnunet_qpg.commands.evaluate", "per-image IoU and DSC (Eqs. 10-11) and per-volume Dice"),
     "report": ("nnunet_qpg.commands.report", "several trained models side by side (paper Table 1)"),
     "overlay": ("nnunet_qpg.commands.overlay", "PNG figures: image, ground truth and predictions (paper Fig. 4)"),

@@ -68,11 +68,14 @@ __all__ = [
     "ModelName",
     "build_network",
     "checkpoint_file_name",
+    "enclosing_model_folder",
     "export_model",
     "exported_model_folder",
     "exported_trainer_name",
     "fold_folder_name",
     "parse_model_folder",
+    "read_model_json",
+    "select_checkpoints",
 ]
 
 STOCK_TRAINER = "nnUNetTrainer"
@@ -234,7 +237,7 @@ def _fold_sort_key(folder: Path) -> tuple:
     return (1, 0) if suffix == "all" else (0, int(suffix))
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_model_json(path: Path, what: str) -> dict:
     try:
         content = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -245,7 +248,7 @@ def _read_json(path: Path, what: str) -> dict:
     return content
 
 
-def _select_checkpoints(model_folder: Path, folds: Sequence[str | int] | None,
+def select_checkpoints(model_folder: Path, folds: Sequence[str | int] | None,
                         names: Sequence[str] | None) -> tuple[dict[str, list[str]], list[str]]:
     """fold folder name -> checkpoint names to export (in order), and the fold folders skipped.
 
@@ -309,7 +312,7 @@ def _is_earlier_export(target: Path, source: Path) -> bool:
                       f"another OUT.")
 
 
-def _enclosing_model_folder(folder: Path) -> Path | None:
+def enclosing_model_folder(folder: Path) -> Path | None:
     """The nnU-Net model folder (TRAINER__PLANS__CONFIGURATION holding plans.json) that `folder` is or lies in."""
     resolved = folder.resolve()
     for candidate in (resolved, *resolved.parents):
@@ -336,13 +339,13 @@ def export_model(model_folder: Path | str, results_root: Path | str,
     if problem:
         raise ExportError(f"model folder {problem}")
     name = parse_model_folder(model_folder)
-    selection, skipped = _select_checkpoints(model_folder, folds, checkpoint_names)
+    selection, skipped = select_checkpoints(model_folder, folds, checkpoint_names)
     source = model_folder.resolve()
     target = exported_model_folder(model_folder, results_root)
 
     # where the export goes: never inside the source or any other model folder (OUT may hold them: it may be
     # $nnUNet_results), and never a folder that holds the source (a re-export replaces its folder whole)
-    enclosing = _enclosing_model_folder(results_root)
+    enclosing = enclosing_model_folder(results_root)
     if enclosing is not None:
         check_output_location(results_root, models=[enclosing], option="OUT")
     out = Path(os.path.abspath(results_root))
@@ -424,8 +427,8 @@ def _crossval_folders(model_folder: Path, folds: Sequence[str]) -> list[Path]:
 
 def _write_export(model_folder: Path, source: Path, name: ModelName, target: Path,
                   selection: dict[str, list[str]], check_tolerance: float) -> ExportResult:
-    plans = _read_json(model_folder / "plans.json", "plans.json")
-    dataset_json = _read_json(model_folder / "dataset.json", "dataset.json")
+    plans = read_model_json(model_folder / "plans.json", "plans.json")
+    dataset_json = read_model_json(model_folder / "dataset.json", "dataset.json")
     result = ExportResult(target, list(selection), [], source_trainer=name.trainer,
                           exported_trainer=exported_trainer_name(name.trainer))
     checkpoint_trainers: set[str] = set()

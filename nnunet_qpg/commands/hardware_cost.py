@@ -1,0 +1,159 @@
+"""What training QPG on a quantum computer would cost: circuits, shots, jobs and time per step and per epoch.
+
+Builds the network of a planned configuration as `nnunet-qpg info` does (-d/-c/-tr or --plans), applies the
+trainer's QPG settings (or the overrides below) and counts, per swapped QPG layer and per training step:
+
+  VQCs, qubits, blocks K, logical depth and CNOTs of one circuit (Eq. 1), the two-qubit gates after routing onto
+  --coupling-map, forward circuits (one per VQC), parameter-shift circuits (VQCs * 2 * (2 n K): every RY and RX
+  angle shifted by +pi/2 and -pi/2 alone) and shots (circuits * --shots);
+
+then the network's totals per step and per epoch (--iterations steps), its jobs (one forward job and one gradient
+job per step for the whole network) and, with --circuits-per-second R and --job-latency S, the time of an epoch:
+circuits / R + jobs * S.
+
+Assumptions: only training steps run circuits; validation and inference use the exact simulation or the baked
+kernels (`nnunet-qpg export`), so they cost none. RCE layers read amplitudes, which no measurement gives: they are
+marked 'n/a (RCE needs amplitudes)' and left out of the totals. ConvLoRA layers are classical: not listed. A
+device that limits circuits per job needs more jobs than counted here.
+
+examples:
+  nnunet-qpg hardware-cost -d 701 -c 2d                                  # nnUNetTrainerQPG, 1000 shots
+  nnunet-qpg hardware-cost -d 701 -c 2d --shots 4000 --coupling-map heavy-hex --circuits-per-second 500 \\
+      --job-latency 10
+  nnunet-qpg hardware-cost --plans nnUNetPlans.json -c 2d --targets "decoder.stages.0.*" --post sst --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+from nnunet_qpg.commands.arguments import positive_int
+from nnunet_qpg.config import MODES, POSTS
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nnunet_qpg.hardware_cost import COUPLING_MAPS, GRADIENT_CHOICES
+
+    source = parser.add_argument_group("planned network (one of)")
+    source.add_argument("-d", "--dataset", help="dataset name or id in $nnUNet_preprocessed")
+    source.add_argument("--plans", type=Path, help="a plans .json file (e.g. from a results folder)")
+    parser.add_argument("-p", "--plans-name", default="nnUNetPlans",
+                        help="plans identifier with -d (default: nnUNetPlans)")
+    parser.add_argument("--dataset-json", type=Path, default=None,
+                        help="dataset.json for --plans (default: the one beside the plans file)")
+    parser.add_argument("-c", "--configuration", default="2d", help="configuration (default: 2d)")
+    parser.add_argument("-tr", "--trainer", default="nnUNetTrainerQPG",
+                        help="trainer whose QPG settings and schedule to use (default: nnUNetTrainerQPG); searched "
+                             "as nnU-Net does, then in this package's trainers")
+    override = parser.add_argument_group("override the trainer's settings")
+    override.add_argument("--targets", nargs="+", metavar="PATTERN", help="glob patterns over module names")
+    override.add_argument("--mode", choices=tuple(MODES), help="replace (QPGConv) or adapter (QPGAConv); lora "
+                                                               "layers are classical and cost no circuits")
+    override.add_argument("--post", choices=tuple(POSTS), help="post-processing; rce cannot run on hardware")
+    override.add_argument("--blocks", type=positive_int, help="circuit blocks K of Eq. 1")
+    device = parser.add_argument_group("the device")
+    device.add_argument("--shots", type=positive_int, default=None,
+                        help="measurements per circuit (default: the trainer's shots setting, else 1000)")
+    device.add_argument("--gradient", choices=tuple(GRADIENT_CHOICES), default="parameter-shift",
+                        help="parameter-shift (default; hardware has no backprop): 2 * (2 n K) shifted circuits "
+                             "per VQC and step; backprop: forward circuits only, gradients from a simulator")
+    device.add_argument("--coupling-map", choices=tuple(COUPLING_MAPS), default="none",
+                        help="route one circuit per distinct (qubits, blocks) with qiskit.transpile "
+                             "(optimization_level=1, seed_transpiler=0) and report its two-qubit gates: "
+                             + "; ".join(f"{k}: {v}" for k, v in COUPLING_MAPS.items()) + " (default: none)")
+    device.add_argument("--circuits-per-second", type=_positive_number, default=None, metavar="R",
+                        help="circuits (each with its shots) the device runs per second; gives the epoch time "
+                             "circuits / R + jobs * S")
+    device.add_argument("--job-latency", type=_non_negative_number, default=None, metavar="S",
+                        help="seconds each job costs besides its circuits (queue, compilation, loading; default 0)")
+    parser.add_argument("--iterations", type=positive_int, default=None,
+                        help="training steps per epoch (default: the trainer's schedule_iterations_per_epoch if set, "
+                             "else nnU-Net's 250)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_qpg.commands.info import _find_trainer, _load_plans
+    from nnunet_qpg.config import QPGConfig
+    from nnunet_qpg.hardware_cost import DEFAULT_SHOTS, NNUNET_ITERATIONS_PER_EPOCH, hardware_cost
+    from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
+    from nnunet_qpg.surgery import apply_qpg
+
+    try:
+        plans, dataset_json = _load_plans(args)
+        plans_manager = PlansManager(plans)
+        if args.configuration not in plans.get("configurations", {}):
+            raise ValueError(f"configuration {args.configuration!r} is not planned; planned: "
+                             f"{', '.join(plans.get('configurations', {}))}")
+        configuration_manager = plans_manager.get_configuration(args.configuration)
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its trainer search; --json must stay JSON
+            trainer = _find_trainer(args.trainer)
+        config = trainer.resolved_qpg_config() if issubclass(trainer, nnUNetTrainerQPGBase) else QPGConfig()
+        changes = {name: value for name, value in (("targets", tuple(args.targets) if args.targets else None),
+                                                   ("mode", args.mode), ("post", args.post),
+                                                   ("blocks", args.blocks))
+                   if value is not None}
+        if changes.get("post") == "rce" and (config.shots is not None or config.gradient != "backprop"
+                                             or config.noise is not None):
+            # the trainer's measured settings cannot hold for RCE; the cost table marks RCE layers instead
+            changes.update(shots=None, gradient="backprop", noise=None)
+        config = config.replace(**changes)
+        shots = args.shots if args.shots is not None else (config.shots or DEFAULT_SHOTS)
+        iterations = args.iterations or getattr(trainer, "schedule_iterations_per_epoch", None) \
+            or NNUNET_ITERATIONS_PER_EPOCH
+        num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        # training builds the network with deep supervision: every head's layer runs its circuits each step
+        network = nnUNetTrainerQPGBase.build_plain_network(plans_manager, configuration_manager, num_inputs,
+                                                           num_outputs, True)
+        if not config.is_classical:
+            apply_qpg(network, config)
+        cost = hardware_cost(network, shots, args.gradient, int(iterations), args.coupling_map,
+                             args.circuits_per_second, args.job_latency)
+    except ImportError as error:
+        print(f"hardware-cost: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"hardware-cost: {error}", file=sys.stderr)
+        return 2
+    title = (f"{trainer.__name__} ({config.describe()}) on {plans.get('dataset_name', '?')} {args.configuration}, "
+             f"{shots:,} shots per circuit, gradient {args.gradient}")
+    if args.json:
+        print(json.dumps({"trainer": trainer.__name__, "qpg": None if config.is_classical else config.describe(),
+                          "configuration": args.configuration, **cost.to_dict()}, indent=2))
+        return 0
+    if not cost.layers:
+        print(f"{title}: no QPG layer, so nothing runs on quantum hardware"
+              + (" (ConvLoRA layers are classical)" if config.mode == "lora" and not config.is_classical else ""))
+        return 0
+    print(f"{title}\n{cost.table()}")
+    return 0
