@@ -20,7 +20,7 @@ from torch import nn
 from nnunet_qpg.layers import QPGAConv, QPGConv
 from nnunet_qpg.simulator.qasm import (circuit_resources, probabilities_from_counts, qiskit_bitstring, vqc_qasm,
                                        vqcs_qasm)
-from nnunet_qpg.simulator.reference import apply_cnot, apply_one_qubit_gate, reference_states, rx_matrix, ry_matrix
+from nnunet_qpg.simulator.reference import reference_states
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "benchmarks") not in sys.path:
@@ -32,27 +32,6 @@ def our_order(qiskit_vector, n: int) -> torch.Tensor:
     reverse = [int(format(i, f"0{n}b")[::-1], 2) for i in range(1 << n)]
     return torch.as_tensor(qiskit_vector)[reverse]
 
-
-def states_gate_by_gate(theta: torch.Tensor, entangle: bool) -> torch.Tensor:
-    """Eq. 1 with the reference's gates, the ring optional (reference_states always has it)."""
-    batch, blocks, _, n = theta.shape
-    state = torch.zeros(batch, 1 << n, dtype=torch.complex128)
-    state[:, 0] = 1
-    hadamard = torch.tensor([[1, 1], [1, -1]], dtype=torch.complex128) / math.sqrt(2)
-    for q in range(n):
-        state = apply_one_qubit_gate(state, hadamard, q, n)
-    for k in range(blocks):
-        for q in range(n):
-            state = apply_one_qubit_gate(state, ry_matrix(theta[:, k, 0, q]), q, n)
-        for q in range(n):
-            state = apply_one_qubit_gate(state, rx_matrix(theta[:, k, 1, q]), q, n)
-        if entangle and n > 1:
-            for q in range(n):
-                state = apply_cnot(state, q, (q + 1) % n, n)
-    return state
-
-
-# -- the programs ---------------------------------------------------------------------------------------------------
 
 def test_program_text_is_spec_section_7():
     theta = torch.tensor([[[0.25, 1.0 / 3.0], [-2.5, 0.1]]], dtype=torch.float64)  # K=1, n=2
@@ -81,7 +60,7 @@ def test_exported_program_is_our_circuit_in_qiskit(n, blocks, entangle):
 
     theta = torch.rand(3, blocks, 2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(10 * n + blocks))
     theta = 4 * theta - 2  # angles of both signs
-    ours = reference_states(theta) if entangle else states_gate_by_gate(theta, entangle=False)
+    ours = reference_states(theta, entangle=entangle)
     if not entangle and n > 1:  # the ring matters, so the comparison can tell the two apart
         assert (ours - reference_states(theta)).abs().max() > 1e-3
     for v, text in enumerate(vqcs_qasm(theta, entangle)):
@@ -159,7 +138,7 @@ def test_known_basis_states_measured_by_aer():
 def standard_errors(layer, shots: int) -> torch.Tensor:
     """Per weight entry: |scale| * sqrt(p (1 - p) / N), p the exact probability (the reference, ring as the layer)."""
     theta = layer.theta.detach().double()
-    probabilities = states_gate_by_gate(theta, layer.entangle).abs() ** 2
+    probabilities = reference_states(theta, entangle=layer.entangle).abs() ** 2
     scale = abs(float(layer.post.projection.weight.detach()[0, 0])) if layer.post_name == "lpp" else math.pi / 2
     se = scale * torch.sqrt(probabilities * (1 - probabilities) / shots)[:, :layer.other_channels]
     return layer.layout.from_vqc_rows(se)

@@ -19,7 +19,7 @@ from nnunet_qpg.layers import QPGAConv, QPGConv
 from nnunet_qpg.simulator.measurement import (Execution, measured_readout, parameter_shift_gradient,
                                               sample_probabilities)
 from nnunet_qpg.simulator.noise import NoiseModel
-from nnunet_qpg.simulator.reference import apply_one_qubit_gate, reference_states, rx_matrix, ry_matrix
+from nnunet_qpg.simulator.reference import reference_states
 
 PROBABILITY_STRATEGIES = ("lpp", "sst")
 
@@ -168,28 +168,12 @@ def test_config_round_trip_keeps_the_circuit_settings():
 # -- no entanglement ---------------------------------------------------------------------------------------------
 
 
-def _product_state(theta: torch.Tensor) -> torch.Tensor:
-    """Eq. 1 without the ring, gate by gate with the reference's gates (never the code under test)."""
-    count, blocks, _, n = theta.shape
-    state = torch.zeros(count, 1 << n, dtype=torch.complex128)
-    state[:, 0] = 1
-    hadamard = torch.tensor([[1, 1], [1, -1]], dtype=torch.complex128) / math.sqrt(2)
-    for q in range(n):
-        state = apply_one_qubit_gate(state, hadamard, q, n)
-    for k in range(blocks):
-        for q in range(n):
-            state = apply_one_qubit_gate(state, ry_matrix(theta[:, k, 0, q]), q, n)
-        for q in range(n):
-            state = apply_one_qubit_gate(state, rx_matrix(theta[:, k, 1, q]), q, n)
-    return state
-
-
 @pytest.mark.parametrize("post", ["rce", "lpp", "sst"])
 def test_no_entanglement_is_the_circuit_without_the_ring(post):
     entangled = _layer(post=post, blocks=2)
     product = _twin(entangled, entangle=False)
     assert product.qpg_parameter_count == entangled.qpg_parameter_count
-    states = _product_state(product.theta.detach())
+    states = reference_states(product.theta.detach(), entangle=False)
     readout = states.real if post == "rce" else states.abs() ** 2
     expected = product.layout.from_vqc_rows(product.post(readout[:, :product.other_channels]))
     with torch.no_grad():

@@ -19,7 +19,7 @@ from nnunet_qpg.simulator import noise as noise_module
 from nnunet_qpg.simulator.noise import (NoiseModel, apply_readout_error, mitigate_readout_error,
                                         noisy_probabilities, pure_amplitudes, pure_probabilities,
                                         readout_confusion)
-from nnunet_qpg.simulator.reference import apply_one_qubit_gate, reference_states, rx_matrix, ry_matrix
+from nnunet_qpg.simulator.reference import reference_states
 
 HADAMARD = torch.tensor([[1, 1], [1, -1]], dtype=torch.complex128) / math.sqrt(2)
 
@@ -32,19 +32,7 @@ def random_theta(vqcs: int, blocks: int, qubits: int, seed: int, dtype=torch.flo
 
 def reference_amplitudes(theta: torch.Tensor, entangle: bool) -> torch.Tensor:
     """Gate by gate with the reference's matrices; ``entangle=False`` leaves the CNOT ring out."""
-    if entangle:
-        return reference_states(theta)
-    batch, blocks, _, n = theta.shape
-    state = torch.zeros(batch, 1 << n, dtype=torch.complex128)
-    state[:, 0] = 1
-    for q in range(n):
-        state = apply_one_qubit_gate(state, HADAMARD, q, n)
-    for k in range(blocks):
-        for q in range(n):
-            state = apply_one_qubit_gate(state, ry_matrix(theta[:, k, 0, q]), q, n)
-        for q in range(n):
-            state = apply_one_qubit_gate(state, rx_matrix(theta[:, k, 1, q]), q, n)
-    return state
+    return reference_states(theta, entangle=entangle)
 
 
 def reverse_bits(n: int) -> list[int]:

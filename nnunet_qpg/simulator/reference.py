@@ -51,8 +51,9 @@ def apply_cnot(state: torch.Tensor, control: int, target: int, num_qubits: int) 
     return state[:, torch.where(index & control_bit != 0, index ^ target_bit, index)]
 
 
-def reference_states(theta: torch.Tensor) -> torch.Tensor:
-    """Final states of Eq. 1 for angles ``[num_vqcs, K, 2, n]`` (``theta[:, k, 0]`` RY, ``theta[:, k, 1]`` RX).
+def reference_states(theta: torch.Tensor, entangle: bool = True) -> torch.Tensor:
+    """Final states of Eq. 1 for angles ``[num_vqcs, K, 2, n]`` (``theta[:, k, 0]`` RY, ``theta[:, k, 1]`` RX);
+    ``entangle=False`` leaves the CNOT ring out (the no-entanglement ablation, SPEC section 7).
 
     Returns ``[num_vqcs, 2^n]`` complex128, differentiable with respect to ``theta``.
     """
@@ -68,7 +69,7 @@ def reference_states(theta: torch.Tensor) -> torch.Tensor:
             state = apply_one_qubit_gate(state, ry_matrix(theta[:, k, 0, q]), q, n)
         for q in range(n):
             state = apply_one_qubit_gate(state, rx_matrix(theta[:, k, 1, q]), q, n)
-        if n > 1:
+        if entangle and n > 1:
             for q in range(n):
                 state = apply_cnot(state, q, (q + 1) % n, n)
     return state
