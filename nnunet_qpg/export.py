@@ -68,6 +68,7 @@ __all__ = [
     "ModelName",
     "build_network",
     "checkpoint_file_name",
+    "checkpoint_origin",
     "enclosing_model_folder",
     "export_model",
     "exported_model_folder",
@@ -119,6 +120,8 @@ class ExportResult:
     missing_for_zip: list[str] = field(default_factory=list)  # files nnUNetv2_export_model_to_zip will ask for
     skipped_folds: list[str] = field(default_factory=list)  # fold folders without any of the checkpoints
     replaced_earlier_export: bool = False
+    # layers trained with shots, parameter shift or noise: "name (settings)"; baked from their exact distribution
+    measured_layers: list[str] = field(default_factory=list)
 
 
 # -- names -------------------------------------------------------------------------------------------------------
@@ -216,6 +219,21 @@ def _load_strict(network: nn.Module, weights: dict, what: str) -> None:
     except RuntimeError as error:
         first = str(error).splitlines()[0]  # the rest lists every mismatching tensor
         raise ExportError(f"{what}: the weights do not fit the network the trainer builds: {first}") from None
+
+
+def checkpoint_origin(checkpoint: dict, checkpoint_path: Path, plans: dict) -> tuple[str, str]:
+    """(trainer name, configuration) of a checkpoint written by nnUNetv2_train for the model of ``plans``;
+    ExportError naming the file otherwise."""
+    init_args = checkpoint.get("init_args")
+    trainer_name = checkpoint.get("trainer_name")
+    if not isinstance(trainer_name, str) or not isinstance(init_args, dict) or "configuration" not in init_args:
+        raise ExportError(f"{checkpoint_path} is not a checkpoint written by nnUNetv2_train (no trainer_name or "
+                          f"init_args['configuration']); give a fold_X/checkpoint_*.pth of a trained model")
+    configuration = init_args["configuration"]
+    if configuration not in plans.get("configurations", {}):
+        raise ExportError(f"{checkpoint_path}: configuration {configuration!r} is not in the model's plans.json; "
+                          f"the checkpoint belongs to another model folder")
+    return trainer_name, configuration
 
 
 def _probe_difference(qpg_network: nn.Module, baked: nn.Module, patch_size: list[int], channels: int) -> float:
@@ -374,24 +392,19 @@ def _bake_checkpoint(checkpoint_path: Path, plans: dict, dataset_json: dict,
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunet_qpg.simulator.measurement import Execution
     from nnunet_qpg.surgery import bake
 
-    init_args = checkpoint.get("init_args")
-    trainer_name = checkpoint.get("trainer_name")
-    if not isinstance(trainer_name, str) or not isinstance(init_args, dict) or "configuration" not in init_args:
-        raise ExportError(f"{checkpoint_path} is not a checkpoint written by nnUNetv2_train (no trainer_name or "
-                          f"init_args['configuration']); give a fold_X/checkpoint_*.pth of a trained model")
-    configuration = init_args["configuration"]
-    try:
-        configuration_manager = PlansManager(plans).get_configuration(configuration)
-    except (KeyError, RuntimeError, AssertionError):
-        raise ExportError(f"{checkpoint_path}: configuration {configuration!r} is not in the model's plans.json; "
-                          f"the checkpoint belongs to another model folder") from None
+    trainer_name, configuration = checkpoint_origin(checkpoint, checkpoint_path, plans)
+    init_args = checkpoint["init_args"]
+    configuration_manager = PlansManager(plans).get_configuration(configuration)
     network = build_network(trainer_name, plans, dataset_json, configuration)
     _load_strict(network, checkpoint["network_weights"], f"{checkpoint_path} ({trainer_name})")
     network.eval()
     baked = build_network(trainer_name, plans, dataset_json, configuration)
     baked.load_state_dict(checkpoint["network_weights"], strict=True)
+    measured = [f"{layer_name} ({layer.execution.describe()})" for layer_name, layer in baked.named_modules()
+                if isinstance(getattr(layer, "execution", None), Execution) and not layer.execution.is_exact]
     baked_names = bake(baked)
     plain = build_network(STOCK_TRAINER, plans, dataset_json, configuration)
     _load_strict(plain, baked.state_dict(), f"baked {checkpoint_path}: stock {STOCK_TRAINER}")
@@ -412,7 +425,7 @@ def _bake_checkpoint(checkpoint_path: Path, plans: dict, dataset_json: dict,
         "exported_from": {"trainer_name": trainer_name, "baked_layers": baked_names,
                           "source": str(checkpoint_path.resolve())},
     }
-    return exported, baked_names, difference
+    return exported, baked_names, difference, measured
 
 
 def _crossval_folders(model_folder: Path, folds: Sequence[str]) -> list[Path]:
@@ -438,11 +451,12 @@ def _write_export(model_folder: Path, source: Path, name: ModelName, target: Pat
                 copy_file_atomically(model_folder / file_name, staged / file_name)
         for fold, checkpoint_names in selection.items():
             for checkpoint_name in checkpoint_names:
-                exported, baked_names, difference = _bake_checkpoint(model_folder / fold / checkpoint_name, plans,
-                                                                     dataset_json, check_tolerance)
+                exported, baked_names, difference, measured = _bake_checkpoint(
+                    model_folder / fold / checkpoint_name, plans, dataset_json, check_tolerance)
                 save_torch_atomically(exported, staged / fold / checkpoint_name)
                 checkpoint_trainers.add(exported["exported_from"]["trainer_name"])
                 result.baked_layers = baked_names
+                result.measured_layers = measured
                 result.max_abs_difference = max(result.max_abs_difference, difference)
                 result.checkpoints.append(f"{fold}/{checkpoint_name}")
             for side_file in FOLD_SIDE_FILES:

@@ -190,6 +190,10 @@ def test_shots_parameter_shift_and_noise_train_through_nnunet_and_predict(planne
     weights = load_checkpoint(planned.fold_dir(trainer) / "checkpoint_final.pth")["network_weights"]
     assert all(torch.isfinite(weights[f"decoder.seg_layers.{i}.theta"]).all() for i in range(3))
     assert_masks(planned.predict(trainer, tmp_path / "pred_noisy"))
+    exported = run_command(["nnunet-qpg", "export", str(planned.fold_dir(trainer).parent), str(tmp_path / "baked"),
+                            "-f", "0"], planned.env)
+    assert "3 layer(s) trained as a device would run them" in exported.stdout
+    assert "baked from the exact distribution" in exported.stdout
 
 
 @pytest.mark.parametrize("trainer, layer_type, added", [

@@ -43,8 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_folder", type=Path,
                         help="results folder to write the plain model into (created if missing; may be "
                              "$nnUNet_results: the export lands beside the model, in its own *_baked__ folder)")
+    add_model_selection_arguments(parser)
+
+
+def add_model_selection_arguments(parser: argparse.ArgumentParser, what: str = "export") -> None:
+    """-f and -chk, choosing folds and checkpoints as `export` does (export-circuits shares them)."""
     parser.add_argument("-f", "--folds", nargs="+", type=_fold, default=None, metavar="FOLD",
-                        help="folds to export, numbers or 'all' (default: every fold_X holding a checkpoint)")
+                        help=f"folds to {what}, numbers or 'all' (default: every fold_X holding a checkpoint)")
     parser.add_argument("-chk", "--checkpoints", nargs="+", default=None, metavar="NAME",
                         help="checkpoint FILE NAMES inside each fold_X, e.g. checkpoint_final.pth (default: "
                              "checkpoint_final.pth and checkpoint_best.pth where present). A path such as "
@@ -77,6 +82,11 @@ def _print_result(result, out_folder: Path) -> None:
           + (" (replaced its earlier export)" if result.replaced_earlier_export else ""))
     if result.skipped_folds:
         print(f"  skipped (no checkpoint): {', '.join(result.skipped_folds)}")
+    if result.measured_layers:
+        print(f"  note: {len(result.measured_layers)} layer(s) trained as a device would run them "
+              f"({result.measured_layers[0]}{', ...' if len(result.measured_layers) > 1 else ''}) are baked from the "
+              f"exact distribution of their circuits (noise kept, no shot noise): the expectation of what training "
+              f"sampled, as validation used it")
     _, plans, configuration = result.model_folder.name.split("__")
     folds = " ".join(f.removeprefix("fold_") for f in result.folds)
     selection = f"-d {shlex.quote(result.model_folder.parent.name)} -c {shlex.quote(configuration)} " \

@@ -203,19 +203,11 @@ def _qpg_layers(network: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _load_network(checkpoint_path: Path, plans: dict, dataset_json: dict):
     """(network with the checkpoint's weights, trainer name, configuration); the checkpoint is read as data."""
-    from nnunet_qpg.export import ExportError, build_network
+    from nnunet_qpg.export import ExportError, build_network, checkpoint_origin
     from nnunet_qpg.safe_io import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_path)
-    init_args = checkpoint.get("init_args")
-    trainer_name = checkpoint.get("trainer_name")
-    if not isinstance(trainer_name, str) or not isinstance(init_args, dict) or "configuration" not in init_args:
-        raise ExportError(f"{checkpoint_path} is not a checkpoint written by nnUNetv2_train (no trainer_name or "
-                          f"init_args['configuration']); give a fold_X/checkpoint_*.pth of a trained model")
-    configuration = init_args["configuration"]
-    if configuration not in plans.get("configurations", {}):
-        raise ExportError(f"{checkpoint_path}: configuration {configuration!r} is not in the model's plans.json; "
-                          f"the checkpoint belongs to another model folder")
+    trainer_name, configuration = checkpoint_origin(checkpoint, checkpoint_path, plans)
     network = build_network(trainer_name, plans, dataset_json, configuration)
     try:
         network.load_state_dict(checkpoint["network_weights"], strict=True)
@@ -321,26 +313,15 @@ def export_circuits(model_folder: Path | str, out: Path | str, checkpoint_names:
 
 # -- the command ----------------------------------------------------------------------------------------------------
 
-def _fold(value: str) -> str:
-    from nnunet_qpg.export import ExportError, fold_folder_name
-
-    try:
-        return fold_folder_name(value).removeprefix("fold_")
-    except ExportError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix(f"-f {value}: ")) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_folder", type=Path,
                         help="trained model folder (DatasetXXX_Name/TRAINER__PLANS__CONFIGURATION)")
     parser.add_argument("out_folder", type=Path,
                         help="folder to write the circuits into: new, empty, or an earlier export-circuits output "
                              "(replaced whole)")
-    parser.add_argument("-f", "--folds", nargs="+", type=_fold, default=None, metavar="FOLD",
-                        help="folds to export, numbers or 'all' (default: every fold_X holding a checkpoint)")
-    parser.add_argument("-chk", "--checkpoints", nargs="+", default=None, metavar="NAME",
-                        help="checkpoint FILE NAMES inside each fold_X, e.g. checkpoint_final.pth (default: "
-                             "checkpoint_final.pth and checkpoint_best.pth where present); a path is refused")
+    from nnunet_qpg.commands.export import add_model_selection_arguments
+
+    add_model_selection_arguments(parser, "export circuits of")
 
 
 def run(args: argparse.Namespace) -> int:
