@@ -26,15 +26,11 @@ examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import sys
-from pathlib import Path
 
 from nnunet_qpg.commands.arguments import positive_int
-from nnunet_qpg.config import MODES, POSTS
 
 
 def _positive_number(text: str) -> float:
@@ -58,25 +54,10 @@ def _non_negative_number(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nnunet_qpg.commands.info import add_planned_network_arguments
     from nnunet_qpg.hardware_cost import COUPLING_MAPS, GRADIENT_CHOICES
 
-    source = parser.add_argument_group("planned network (one of)")
-    source.add_argument("-d", "--dataset", help="dataset name or id in $nnUNet_preprocessed")
-    source.add_argument("--plans", type=Path, help="a plans .json file (e.g. from a results folder)")
-    parser.add_argument("-p", "--plans-name", default="nnUNetPlans",
-                        help="plans identifier with -d (default: nnUNetPlans)")
-    parser.add_argument("--dataset-json", type=Path, default=None,
-                        help="dataset.json for --plans (default: the one beside the plans file)")
-    parser.add_argument("-c", "--configuration", default="2d", help="configuration (default: 2d)")
-    parser.add_argument("-tr", "--trainer", default="nnUNetTrainerQPG",
-                        help="trainer whose QPG settings and schedule to use (default: nnUNetTrainerQPG); searched "
-                             "as nnU-Net does, then in this package's trainers")
-    override = parser.add_argument_group("override the trainer's settings")
-    override.add_argument("--targets", nargs="+", metavar="PATTERN", help="glob patterns over module names")
-    override.add_argument("--mode", choices=tuple(MODES), help="replace (QPGConv) or adapter (QPGAConv); lora "
-                                                               "layers are classical and cost no circuits")
-    override.add_argument("--post", choices=tuple(POSTS), help="post-processing; rce cannot run on hardware")
-    override.add_argument("--blocks", type=positive_int, help="circuit blocks K of Eq. 1")
+    add_planned_network_arguments(parser, "trainer whose QPG settings and schedule to use")
     device = parser.add_argument_group("the device")
     device.add_argument("--shots", type=positive_int, default=None,
                         help="measurements per circuit (default: the trainer's shots setting, else 1000)")
@@ -99,42 +80,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_qpg.commands.info import _find_trainer, _load_plans
-    from nnunet_qpg.config import QPGConfig
+    from nnunet_qpg.commands.info import planned_network
     from nnunet_qpg.hardware_cost import DEFAULT_SHOTS, NNUNET_ITERATIONS_PER_EPOCH, hardware_cost
-    from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
     from nnunet_qpg.surgery import apply_qpg
 
     try:
-        plans, dataset_json = _load_plans(args)
-        plans_manager = PlansManager(plans)
-        if args.configuration not in plans.get("configurations", {}):
-            raise ValueError(f"configuration {args.configuration!r} is not planned; planned: "
-                             f"{', '.join(plans.get('configurations', {}))}")
-        configuration_manager = plans_manager.get_configuration(args.configuration)
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its trainer search; --json must stay JSON
-            trainer = _find_trainer(args.trainer)
-        config = trainer.resolved_qpg_config() if issubclass(trainer, nnUNetTrainerQPGBase) else QPGConfig()
-        changes = {name: value for name, value in (("targets", tuple(args.targets) if args.targets else None),
-                                                   ("mode", args.mode), ("post", args.post),
-                                                   ("blocks", args.blocks))
-                   if value is not None}
-        if changes.get("post") == "rce" and (config.shots is not None or config.gradient != "backprop"
-                                             or config.noise is not None):
+        planned = planned_network(args, {"targets": tuple(args.targets) if args.targets else None,
+                                         "mode": args.mode, "blocks": args.blocks})
+        plans, trainer, config, network = planned.plans, planned.trainer, planned.config, planned.network
+        if args.post == "rce" and config.execution.measures:
             # the trainer's measured settings cannot hold for RCE; the cost table marks RCE layers instead
-            changes.update(shots=None, gradient="backprop", noise=None)
-        config = config.replace(**changes)
+            config = config.replace(post="rce", shots=None, gradient="backprop", noise=None)
+        elif args.post is not None:
+            config = config.replace(post=args.post)
         shots = args.shots if args.shots is not None else (config.shots or DEFAULT_SHOTS)
         iterations = args.iterations or getattr(trainer, "schedule_iterations_per_epoch", None) \
             or NNUNET_ITERATIONS_PER_EPOCH
-        num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        # training builds the network with deep supervision: every head's layer runs its circuits each step
-        network = nnUNetTrainerQPGBase.build_plain_network(plans_manager, configuration_manager, num_inputs,
-                                                           num_outputs, True)
         if not config.is_classical:
             apply_qpg(network, config)
         cost = hardware_cost(network, shots, args.gradient, int(iterations), args.coupling_map,

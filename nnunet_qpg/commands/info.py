@@ -17,13 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import contextlib
+import io
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_qpg.commands.arguments import positive_int
 from nnunet_qpg.config import MODES, POSTS
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_planned_network_arguments(parser: argparse.ArgumentParser, trainer_help: str) -> argparse._ArgumentGroup:
+    """-d/--plans, -p, --dataset-json, -c, -tr and the override group (--targets, --mode, --post, --blocks), which
+    `info` and `hardware-cost` share; returns the override group for more options."""
     source = parser.add_argument_group("planned network (one of)")
     source.add_argument("-d", "--dataset", help="dataset name or id in $nnUNet_preprocessed")
     source.add_argument("--plans", type=Path, help="a plans .json file (e.g. from a results folder)")
@@ -32,16 +38,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset.json for --plans (default: the one beside the plans file)")
     parser.add_argument("-c", "--configuration", default="2d", help="configuration (default: 2d)")
     parser.add_argument("-tr", "--trainer", default="nnUNetTrainerQPG",
-                        help="trainer whose settings to apply (default: nnUNetTrainerQPG); searched as nnU-Net does, "
-                             "then in this package's trainers")
+                        help=f"{trainer_help} (default: nnUNetTrainerQPG); searched as nnU-Net does, then in this "
+                             f"package's trainers")
     override = parser.add_argument_group("override the trainer's settings")
     override.add_argument("--targets", nargs="+", metavar="PATTERN", help="glob patterns over module names")
     override.add_argument("--mode", choices=tuple(MODES))
     override.add_argument("--post", choices=tuple(POSTS))
-    override.add_argument("--blocks", type=int)
-    override.add_argument("--rank", type=int, help="LoRA rank")
+    override.add_argument("--blocks", type=positive_int, help="circuit blocks K of Eq. 1")
+    return override
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    override = add_planned_network_arguments(parser, "trainer whose settings to apply")
+    override.add_argument("--rank", type=positive_int, help="LoRA rank")
     parser.add_argument("--list", action="store_true", help="list the network's convolutions and stop")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+@dataclass
+class PlannedNetwork:
+    """The plain network of a planned configuration, built as a trainer builds it (deep supervision on), and the
+    trainer's QPG settings with the command line's overrides (not applied yet)."""
+
+    plans: dict
+    configuration_manager: object
+    trainer: type
+    config: object
+    network: object
+
+
+def planned_network(args: argparse.Namespace, changes: dict) -> PlannedNetwork:
+    """Build what -d/--plans, -c and -tr name; ``changes`` are QPGConfig overrides (None values ignored).
+    ValueError with the fix for a missing plan, configuration or trainer."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_qpg.config import QPGConfig
+    from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
+
+    plans, dataset_json = _load_plans(args)
+    plans_manager = PlansManager(plans)
+    if args.configuration not in plans.get("configurations", {}):
+        raise ValueError(f"configuration {args.configuration!r} is not planned; planned: "
+                         f"{', '.join(plans.get('configurations', {}))}")
+    configuration_manager = plans_manager.get_configuration(args.configuration)
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its trainer search; --json must stay JSON
+        trainer = _find_trainer(args.trainer)
+    config = trainer.resolved_qpg_config() if issubclass(trainer, nnUNetTrainerQPGBase) else QPGConfig()
+    config = config.replace(**{name: value for name, value in changes.items() if value is not None})
+    num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    network = nnUNetTrainerQPGBase.build_plain_network(plans_manager, configuration_manager, num_inputs,
+                                                       num_outputs, True)
+    return PlannedNetwork(plans, configuration_manager, trainer, config, network)
 
 
 def _find_trainer(name: str):
@@ -83,31 +132,13 @@ def _load_plans(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_qpg.config import QPGConfig
-    from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
     from nnunet_qpg.surgery import apply_qpg, conv_listing
 
     try:
-        plans, dataset_json = _load_plans(args)
-        plans_manager = PlansManager(plans)
-        if args.configuration not in plans["configurations"]:
-            raise ValueError(f"configuration {args.configuration!r} is not planned; planned: "
-                             f"{', '.join(plans['configurations'])}")
-        configuration_manager = plans_manager.get_configuration(args.configuration)
-        trainer = _find_trainer(args.trainer)
-        config = trainer.resolved_qpg_config() if issubclass(trainer, nnUNetTrainerQPGBase) else QPGConfig()
-        changes = {name: value for name, value in (("targets", tuple(args.targets) if args.targets else None),
-                                                   ("mode", args.mode), ("post", args.post),
-                                                   ("blocks", args.blocks), ("rank", args.rank))
-                   if value is not None}
-        config = config.replace(**changes)
-        num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        network = nnUNetTrainerQPGBase.build_plain_network(plans_manager, configuration_manager, num_inputs,
-                                                           num_outputs, True)
+        planned = planned_network(args, {"targets": tuple(args.targets) if args.targets else None, "mode": args.mode,
+                                         "post": args.post, "blocks": args.blocks, "rank": args.rank})
+        plans, configuration_manager, trainer, config, network = (
+            planned.plans, planned.configuration_manager, planned.trainer, planned.config, planned.network)
         if args.list:
             print(conv_listing(network, limit=10**6))
             return 0
