@@ -1,6 +1,8 @@
 """Which 2D samples the paper takes from one KiTS19 volume (SPEC section 6): slices and crops.
 
-- Kidney task: every axial slice with any label > 0; mask = label > 0 (kidney or tumor).
+- Kidney task: every axial slice with any label > 0; mask = label > 0 (kidney or tumor). With
+  `convert-kits19 --background-slices FRACTION`, a training case also gives a fixed, seeded draw of its slices
+  without label, each with an empty mask (:func:`background_slices`); the paper's protocol is FRACTION 0.
 - Tumor task: per axial slice, each 8-connected region of (label > 0) that contains tumor, cropped to its tight
   bounding box; mask = tumor inside that box (tumor of a neighbouring region that falls inside the box is
   labelled too, so the mask never contradicts what the image shows).
@@ -12,6 +14,7 @@ to size x size (:mod:`~nnunet_qpg.imaging.resizing`).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +41,31 @@ def slices_with_labels(labels_zyx: np.ndarray) -> np.ndarray:
     maximum needs no volume-sized boolean temporary, unlike `labels > 0`.
     """
     return np.flatnonzero(labels_zyx.max(axis=(1, 2)) > 0)
+
+
+def background_slice_count(fraction: float, available: int) -> int:
+    """How many of `available` slices without label a case gives for `fraction`: round(fraction x available),
+    halves rounded up (0.5 x 3 -> 2), so 1 takes them all and 0 none."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the background fraction must lie in [0, 1], got {fraction}")
+    return min(available, int(np.floor(fraction * available + 0.5)))
+
+
+def background_slices(case_id: str, slice_count: int, labelled_slices: np.ndarray, fraction: float) -> np.ndarray:
+    """The axial slices WITHOUT label that join the kidney task's training set (empty masks), sorted.
+
+    Of the case's `slice_count` slices, those not in `labelled_slices` are the candidates;
+    :func:`background_slice_count` of them are taken: the first ones of a permutation drawn by
+    ``numpy.random.default_rng(zlib.crc32(case_id))``, a seed that depends on the case name only (never on
+    Python's per-process ``hash()``, the run, the worker or the other cases). So every rerun draws the same slices,
+    and a larger fraction keeps every slice of a smaller one (the draws are nested).
+    """
+    candidates = np.setdiff1d(np.arange(int(slice_count)), np.asarray(labelled_slices, dtype=np.int64))
+    count = background_slice_count(float(fraction), candidates.size)
+    if count == candidates.size:
+        return candidates
+    order = np.random.default_rng(zlib.crc32(case_id.encode("utf-8"))).permutation(candidates.size)
+    return np.sort(candidates[order[:count]])
 
 
 def tumor_regions(labels_2d: np.ndarray) -> list[TumorRegion]:

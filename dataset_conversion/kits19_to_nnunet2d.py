@@ -2,6 +2,11 @@
 
 Cases 0-179 go to imagesTr/labelsTr, 180-199 to imagesTs/labelsTs, the rest are not used.
   kidney task (Dataset701_KiTS19Kidney2D): every axial slice with any label; mask = kidney or tumor.
+                                          --background-slices FRACTION (default 0, the paper's protocol)
+                                          adds, per TRAINING case, that fraction of its slices without
+                                          label (rounded, halves up; a fixed draw seeded by the case name,
+                                          nested across fractions), each with an empty mask and named
+                                          case_00000_0012_bg; the test split stays the paper's.
   tumor task  (Dataset702_KiTS19Tumor2D): each 8-connected kidney+tumor region of a slice that contains tumor,
                                           cropped to its bounding box; mask = tumor.
 Axial slices are found from the header's direction matrix. Every sample is resized to SIZE x SIZE (images
@@ -14,15 +19,18 @@ soft-tissue window [-79, 304] (the KiTS19 winners' window), no filters, which ke
                                           --denoise and --size do not apply (exit 2). See kits19_volume_task.py.
 
 Writes, per dataset: 2D NIfTI images and masks (pixel spacing 1 x 1), dataset.json (settings under
-"conversion"), manifest.json (image id -> case, slice, crop box, original size and spacing) and
-splits_final.json (5 folds grouped by case). All files get your umask's permissions.
+"conversion", the kidney task's with background_slices), manifest.json (image id -> case, slice, crop box,
+original size and spacing; "background": true on a slice without label) and splits_final.json (5 folds grouped
+by case, a case's slices without label with it). All files get your umask's permissions.
 
 Data safety:
   - dataset.json, manifest.json and splits_final.json appear only when every case of the run is done (converted,
     or reported as bad input). A run that stops early (Ctrl-C, --strict, an output that cannot be written) keeps
     its finished cases; rerun the same command to go on. Interrupted or failed cases leave nothing behind.
-  - A dataset that holds cases converted with other settings (preset, window, denoise, size, format) is refused
-    before anything is touched, naming the difference; --rebuild deletes its converted files and starts anew.
+  - A dataset that holds cases converted with other settings (preset, window, denoise, size, background
+    slices, format) is refused before anything is touched, naming the difference; --rebuild deletes its
+    converted files and starts anew. (A kidney dataset converted before --background-slices existed counts as
+    fraction 0.)
   - splits_final.json is copied to $nnUNet_preprocessed/DatasetXXX_Name/ only when --output is $nnUNet_raw
     (the dataset nnU-Net will preprocess; a dataset elsewhere gets its split only in its own folder), and only if
     none is there yet or the same one is: a different split there (its folds may already be trained) is left
@@ -40,6 +48,7 @@ dataset is written from the good ones), no case could be converted, or --strict 
 the folder; finished cases are kept); 130 interrupted.
 
 example: nnunet-qpg convert-kits19 /data/kits19/data --task both --workers 2
+         nnunet-qpg convert-kits19 /data/kits19/data --task kidney --background-slices 0.1
          nnunet-qpg convert-kits19 /data/kits19/data --task volume --workers 2
 """
 
@@ -48,18 +57,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import sys
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_qpg.dataset_conversion.kits19_slices import tumor_regions
+from nnunet_qpg.dataset_conversion.kits19_slices import background_slices, tumor_regions
 from nnunet_qpg.dataset_conversion.kits19_volumes import BadCaseError, read_case
 from nnunet_qpg.dataset_conversion import kits19_volume_task as volume_task
 from nnunet_qpg.dataset_conversion.nnunet_raw_dataset import (
@@ -99,6 +109,10 @@ LAST_TRAIN_CASE, LAST_TEST_CASE = 179, 199
 CASE_FOLDER = re.compile(r"^case_(\d{5})$")
 FORMAT_VERSION = 1  # bump when the output of the same settings changes, so reruns redo old cases
 PROGRAM = "convert-kits19"
+BACKGROUND_TASK = "kidney"  # the only task --background-slices applies to
+# settings added after the first datasets were made, with the value that reproduces those datasets (per task)
+SETTING_DEFAULTS = {BACKGROUND_TASK: {"background_slices": 0.0}}
+BACKGROUND_SUFFIX = "_bg"  # image id of a slice without label: case_00000_0012_bg (never a foreground slice's name)
 
 
 class SetupError(Exception):
@@ -127,6 +141,12 @@ class CaseJob:
     targets: dict[str, str]
     settings: dict
     non_finite: str = "refuse"
+    # task -> the settings recorded in that task's dataset, where they differ from `settings` (the kidney task's
+    # hold background_slices)
+    task_settings: dict[str, dict] = field(default_factory=dict)
+
+    def settings_of(self, task: str) -> dict:
+        return self.task_settings.get(task, self.settings)
 
 
 @dataclass
@@ -167,6 +187,15 @@ def _write_case(job: CaseJob) -> None:
     volumes = read_case(Path(job.case_dir), job.non_finite)
     case_id = volumes.case_id
     slice_spacing, row_spacing, col_spacing = volumes.spacing_zyx
+    slice_count = volumes.image_zyx.shape[0]
+    fraction = float(job.settings_of(BACKGROUND_TASK).get("background_slices", 0.0))
+    if BACKGROUND_TASK in job.targets and job.split == "train" and fraction > 0:
+        empty_slices = background_slices(case_id, slice_count, volumes.labelled_slices, fraction)
+    else:
+        empty_slices = np.zeros(0, dtype=np.int64)
+    # slice index -> its labels (a view of the labelled slices), or None for a slice without label
+    to_write: dict[int, np.ndarray | None] = dict.fromkeys((int(k) for k in empty_slices), None)
+    to_write.update((int(k), labels) for k, labels in zip(volumes.labelled_slices, volumes.labelled_labels))
     case_info = {
         "sitk_axes_slice_row_col": list(volumes.sitk_axes_zyx),
         "volume_size_slice_row_col": list(volumes.image_zyx.shape),
@@ -178,9 +207,10 @@ def _write_case(job: CaseJob) -> None:
             task: stack.enter_context(RawDataset(Path(folder)).open_case(case_id))
             for task, folder in job.targets.items()
         }
-        for slice_index, labels_2d in zip(volumes.labelled_slices, volumes.labelled_labels):
+        for slice_index in sorted(to_write):  # one slice at a time, in slice order
+            labels_2d = to_write[slice_index]
             image_2d = window_and_denoise(np.ascontiguousarray(volumes.image_zyx[slice_index]), window, denoise)
-            rows, cols = labels_2d.shape
+            rows, cols = image_2d.shape
             common = {
                 "case": case_id,
                 "slice_index": int(slice_index),
@@ -189,6 +219,15 @@ def _write_case(job: CaseJob) -> None:
                 "slice_spacing_mm": slice_spacing,
             }
             base_id = f"{case_id}_{slice_index:04d}"
+            if labels_2d is None:  # a slice without label, drawn for the kidney task's training set: empty mask
+                writers[BACKGROUND_TASK].add(
+                    job.split,
+                    base_id + BACKGROUND_SUFFIX,
+                    resize_image(image_2d, size),
+                    np.zeros((size, size), dtype=np.uint8),
+                    {**common, "region": None, "crop_box_rows_cols": [0, rows, 0, cols], "background": True},
+                )
+                continue
             if "kidney" in writers:
                 writers["kidney"].add(
                     job.split,
@@ -211,8 +250,8 @@ def _write_case(job: CaseJob) -> None:
                             "crop_box_rows_cols": [region.row_start, region.row_stop, region.col_start, region.col_stop],
                         },
                     )
-        for writer in writers.values():
-            writer.commit(settings, case_info)
+        for task, writer in writers.items():
+            writer.commit(job.settings_of(task), case_info)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,6 +284,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="3x3 mean + 7x7 median filter after windowing (default: per preset; paper on, kits off)",
     )
     parser.add_argument("--size", type=int, help="2D output images are SIZE x SIZE (default: 256)")
+    parser.add_argument(
+        "--background-slices",
+        type=float,
+        metavar="FRACTION",
+        help="kidney task only: per training case (0-179), also take this fraction (0 to 1; rounded, halves up) "
+        "of its axial slices without kidney or tumour, with empty masks (named case_XXXXX_SSSS_bg), so the "
+        "model learns to leave such slices empty; drawn with a fixed seed per case (the same slices on every "
+        "rerun, nested across fractions); 1 takes them all. The test split is unchanged. Default: 0, the "
+        "paper's protocol (only slices with kidney or tumour). Refused with --task tumor or volume",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes converting cases in parallel (default: 2)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad case instead of skipping it")
     parser.add_argument(
@@ -282,6 +331,16 @@ def _conversion_settings(args: argparse.Namespace) -> dict:
         raise SetupError(f"--window LOW HIGH needs finite LOW < HIGH, got {window[0]} {window[1]}")
     if size < 8:
         raise SetupError(f"--size must be at least 8, got {size}")
+    fraction = getattr(args, "background_slices", None)
+    if fraction is not None:
+        if args.task not in (BACKGROUND_TASK, "both"):
+            raise SetupError(
+                f"--background-slices applies to the kidney task only (--task kidney or both): the tumour task's "
+                f"samples are crops of kidney regions, and slices without label have none; leave it out with "
+                f"--task {args.task}"
+            )
+        if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
+            raise SetupError(f"--background-slices needs a fraction between 0 and 1, got {fraction:g}")
     if args.workers < 1:
         raise SetupError(f"--workers must be at least 1, got {args.workers}")
     return {
@@ -294,6 +353,15 @@ def _conversion_settings(args: argparse.Namespace) -> dict:
         "size": int(size),
         "format_version": FORMAT_VERSION,
     }
+
+
+def task_settings(task: str, settings: dict, args: argparse.Namespace) -> dict:
+    """The settings recorded in `task`'s dataset: the run's settings, plus for the kidney task its fraction of
+    background slices (0 unless --background-slices; recorded even then, so every kidney dataset says it)."""
+    if task != BACKGROUND_TASK:
+        return settings
+    fraction = getattr(args, "background_slices", None)
+    return {**settings, "background_slices": float(fraction or 0.0)}
 
 
 def _find_cases(kits19: Path) -> list[tuple[int, Path]]:
@@ -318,7 +386,7 @@ def _find_cases(kits19: Path) -> list[tuple[int, Path]]:
 
 # -- settings of an existing dataset ------------------------------------------------------------------------------
 
-_SETTING_ORDER = ("preset", "window", "denoise", "size", "format_version")
+_SETTING_ORDER = ("preset", "window", "denoise", "size", "background_slices", "format_version")
 
 
 def _describe_setting(key: str, value) -> str:
@@ -328,6 +396,8 @@ def _describe_setting(key: str, value) -> str:
         return "on" if value else "off"
     if key == "window" and isinstance(value, list) and len(value) == 2:
         return f"[{value[0]:g}, {value[1]:g}]"
+    if key == "background_slices" and isinstance(value, (int, float)):
+        return f"{value:g}"
     return str(value)
 
 
@@ -352,7 +422,10 @@ def _options_for(settings: dict) -> str | None:
             return None
         low, high = settings["window"]
         denoise = "--denoise" if settings["denoise"] else "--no-denoise"
-        return f"--preset {settings['preset']} --window {low:g} {high:g} {denoise} --size {settings['size']}"
+        options = f"--preset {settings['preset']} --window {low:g} {high:g} {denoise} --size {settings['size']}"
+        if settings.get("background_slices"):
+            options += f" --background-slices {float(settings['background_slices']):g}"
+        return options
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -423,7 +496,8 @@ def _write_dataset_files(task: str, dataset: RawDataset, settings: dict, source:
     """
     rows = [row for record in dataset.records() for row in record.get("images", [])]
     counts = {
-        split: {"cases": len(images_by_case(rows, split)), "images": sum(r["split"] == split for r in rows)}
+        split: {"cases": len(images_by_case(rows, split)), "images": sum(r["split"] == split for r in rows),
+                "background": sum(r["split"] == split and r.get("background") is True for r in rows)}
         for split in ("train", "test")
     }
     with writing_into(dataset.folder):
@@ -567,17 +641,18 @@ def _run(args: argparse.Namespace) -> int:
         if not 1 <= dataset_id <= 999:
             raise SetupError(f"--dataset-id must give ids between 1 and 999 (nnU-Net's), got {dataset_id}")
         kind = VolumeDataset if task == volume_task.TASK else RawDataset
-        datasets[task] = kind(output / dataset_folder_name(task, dataset_id))
+        datasets[task] = kind(output / dataset_folder_name(task, dataset_id), SETTING_DEFAULTS.get(task))
         check_output_location(datasets[task].folder, inputs=[args.kits19], option="dataset folder")
-    for dataset in datasets.values():
-        _check_existing(dataset, settings, args.rebuild)
+    settings_by_task = {task: task_settings(task, settings, args) for task in datasets}
+    for task, dataset in datasets.items():
+        _check_existing(dataset, settings_by_task[task], args.rebuild)
 
     created: list[Path] = []
     try:
         folders = [(output, "--output folder")]
         folders += [(folder, "dataset folder") for dataset in datasets.values() for folder in dataset.folders()]
         _create_output_folders(folders, created)
-        return _convert(args, output, settings, cases, datasets)
+        return _convert(args, output, settings, settings_by_task, cases, datasets)
     finally:
         # a run that converted nothing leaves no empty Dataset skeleton behind (datasets with cases stay whole)
         kept = [dataset.folder for dataset in datasets.values() if _has_records(dataset)]
@@ -591,7 +666,8 @@ def _has_records(dataset: RawDataset) -> bool:
         return True
 
 
-def _convert(args, output: Path, settings: dict, cases, datasets: dict[str, RawDataset]) -> int:
+def _convert(args, output: Path, settings: dict, settings_by_task: dict[str, dict], cases,
+             datasets: dict[str, RawDataset]) -> int:
     with writing_into(output):
         for dataset in datasets.values():
             if args.rebuild:
@@ -604,9 +680,11 @@ def _convert(args, output: Path, settings: dict, cases, datasets: dict[str, RawD
         if split is None:
             unused.append(case_dir.name)
             continue
-        targets = {t: str(d.folder) for t, d in datasets.items() if not d.is_done(case_dir.name, settings)}
+        targets = {t: str(d.folder) for t, d in datasets.items()
+                   if not d.is_done(case_dir.name, settings_by_task[t])}
         if targets:
-            jobs.append(CaseJob(str(case_dir), split, targets, settings, args.non_finite))
+            own = {t: settings_by_task[t] for t in targets if settings_by_task[t] is not settings}
+            jobs.append(CaseJob(str(case_dir), split, targets, settings, args.non_finite, own))
         else:
             already_done += 1
     # a dataset this run changes has no dataset.json until the run is done: it never describes half a dataset
@@ -643,18 +721,21 @@ def _convert(args, output: Path, settings: dict, cases, datasets: dict[str, RawD
         for outcome in unexpected:
             print(f"  {outcome.error}", file=sys.stderr)
         return 1
-    return _finish(args, output, settings, datasets, [outcome.error for outcome in failures])
+    return _finish(args, output, settings_by_task, datasets, [outcome.error for outcome in failures])
 
 
-def _finish(args, output: Path, settings: dict, datasets: dict[str, RawDataset], failures: list[str]) -> int:
+def _finish(args, output: Path, settings_by_task: dict[str, dict], datasets: dict[str, RawDataset],
+            failures: list[str]) -> int:
     """Write each dataset's files, print the summary; returns the exit code."""
     print("\nSummary")
     empty = []
     for task, dataset in datasets.items():
-        counts, folds = _write_dataset_files(task, dataset, settings, args.kits19)
+        counts, folds = _write_dataset_files(task, dataset, settings_by_task[task], args.kits19)
         print(f"  {dataset.folder}")
         for split in ("train", "test"):
-            print(f"    {split:5s}: {counts[split]['cases']:4d} cases, {counts[split]['images']:6d} images")
+            without = counts[split]["background"]
+            print(f"    {split:5s}: {counts[split]['cases']:4d} cases, {counts[split]['images']:6d} images"
+                  + (f" ({without} of them slices without label, empty masks)" if without else ""))
         if folds is None and not any(counts[split]["images"] for split in counts):
             empty.append(dataset.folder)
             print("    no image: no dataset.json written")

@@ -49,7 +49,8 @@ SETTINGS = {
     "format_version": FORMAT_VERSION,
 }
 # the 2D tasks' options (argparse dest -> how the user wrote it); None means "not given"
-TWO_D_OPTIONS = {"preset": "--preset", "window": "--window", "denoise": "--denoise/--no-denoise", "size": "--size"}
+TWO_D_OPTIONS = {"preset": "--preset", "window": "--window", "denoise": "--denoise/--no-denoise", "size": "--size",
+                 "background_slices": "--background-slices"}
 
 
 def conversion_settings(args: argparse.Namespace) -> dict:

@@ -2,8 +2,9 @@
 
 Layout of `Dataset{ID}_{Name}/`:
   imagesTr/ labelsTr/ imagesTs/ labelsTs/   nnU-Net's folders (`{id}_0000.nii.gz` and `{id}.nii.gz`: 2D slices,
-                                             id case_00000_0012[_1]; or, in a VolumeDataset, whole 3D volumes,
-                                             id case_00000)
+                                             id case_00000_0012[_1], or case_00000_0012_bg for a slice without
+                                             label (--background-slices); or, in a VolumeDataset, whole 3D
+                                             volumes, id case_00000)
   dataset.json, manifest.json, splits_final.json   written from the case records once every case of a run is
                                              done; removed while a run changes the dataset, so a dataset.json is
                                              only ever seen beside a complete set of images
@@ -16,7 +17,8 @@ anything else about the case is deleted and redone. Files are staged under tempo
 file system and moved with os.replace, so a crash never leaves a half-written NIfTI under a final name.
 
 What is deleted is only what this converter wrote: the files named in a case's record, and files whose names
-follow the converter's own exact patterns (`case_00000_0012_0000.nii.gz`, `case_00000_0012_1.nii.gz`, ...).
+follow the converter's own exact patterns (`case_00000_0012_0000.nii.gz`, `case_00000_0012_1.nii.gz`,
+`case_00000_0012_bg.nii.gz`, ...).
 Other files in the dataset's folders (`case_00000_notes.txt`, files of a folder `imagesTr` links to) are never
 touched, and no file is written or deleted through a symbolic link at its own name (:mod:`nnunet_qpg.safe_io`).
 """
@@ -52,8 +54,9 @@ RECORDS_FOLDER = ".cases"
 DATASET_FILES = ("dataset.json", "manifest.json", "splits_final.json")
 SPLITS_SEED = 12345  # nnU-Net's own seed for its default 5-fold split
 
-# The exact names this converter gives its files: image id = case, slice (4+ digits), tumor region (1, 2, ...)
-_IMAGE_ID = r"(case_\d{5})_\d{4,}(?:_[1-9]\d*)?"
+# The exact names this converter gives its files: image id = case, slice (4+ digits), then tumor region (1, 2,
+# ...) or "bg" for a kidney-task slice without label (--background-slices), so the two never share a name
+_IMAGE_ID = r"(case_\d{5})_\d{4,}(?:_[1-9]\d*|_bg)?"
 IMAGE_NAME = re.compile(rf"^{_IMAGE_ID}_0000\.nii\.gz$")
 MASK_NAME = re.compile(rf"^{_IMAGE_ID}\.nii\.gz$")
 # temporaries of safe_io.atomic_path (".{final name}.{random}.tmp") of such files, left by a hard kill
@@ -94,8 +97,15 @@ class RawDataset:
     # the converter's exact file names in this dataset: nothing else is ever deleted (VolumeDataset: its own)
     image_name, mask_name, temporary_name = IMAGE_NAME, MASK_NAME, TEMPORARY_NAME
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, setting_defaults: dict | None = None):
         self.folder = Path(folder)
+        # values of settings that later versions added, for records made before them (e.g. background_slices 0:
+        # a kidney dataset converted before --background-slices existed is the paper's protocol, fraction 0)
+        self.setting_defaults = dict(setting_defaults or {})
+
+    def _completed(self, settings):
+        """Recorded settings with the defaults of settings added since (non-dicts as they are)."""
+        return {**self.setting_defaults, **settings} if isinstance(settings, dict) else settings
 
     # -- folders and state ------------------------------------------------------------------------------------
 
@@ -135,13 +145,15 @@ class RawDataset:
             found.append((settings, [case]))
 
         for record in self.records():
-            add(record.get("settings", {}), record.get("case", "?"))
+            add(self._completed(record.get("settings", {})), record.get("case", "?"))
         try:
             conversion = json.loads((self.folder / "dataset.json").read_text()).get("conversion")
         except (OSError, ValueError, AttributeError):
             conversion = None
         if isinstance(conversion, dict):
-            settings = {key: value for key, value in conversion.items() if key not in ("task", "source")}
+            settings = self._completed(
+                {key: value for key, value in conversion.items() if key not in ("task", "source")}
+            )
             if not any(known == settings for known, _ in found):
                 found.append((settings, ["dataset.json"]))
         return found
@@ -199,7 +211,7 @@ class RawDataset:
     def is_done(self, case_id: str, settings: dict) -> bool:
         """True when the case's record exists, matches `settings`, and every file it lists exists."""
         record = self._read_record(case_id)
-        if record is None or record.get("settings") != settings:
+        if record is None or self._completed(record.get("settings")) != settings:
             return False
         try:
             return all(

@@ -2,7 +2,16 @@
 
 Predictions are matched to ground truth by case name (`{case}.nii.gz`, nnU-Net's naming). The ground truth may
 also be a KiTS19 folder (`case_XXXXX/segmentation.nii.gz`). 2D images give one score each; 3D volumes give a
-score per axial slice with foreground (axial axis from the direction matrix) plus a 3D Dice per volume.
+score per axial slice with foreground (axial axis from the direction matrix) plus per-volume (per-case) scores of
+the evaluated structure: 3D Dice, surface Dice at a tolerance (default 1 mm) and HD95 in mm (physical spacing from
+the ground truth's header), and the number of false-positive slices (axial slices with predicted foreground and
+none in the ground truth); and, when both masks hold KiTS19 labels (values within 0, 1, 2), the KiTS19
+challenge's per-case Dice of kidney (labels 1 + 2) and tumour (label 2). Definitions and empty-mask conventions:
+:mod:`nnunet_qpg.metrics`.
+
+The KiTS19 tumour Dice is scored only when at least one scored prediction holds label 2 (a two-stage,
+predict-kits19 or 3D KiTS19 model); a kidney-only model's masks (labels 0/1) get null for it ("n/a"), not a 0
+that would only say that the model was never asked to find tumours.
 
 Every file is read through :func:`nnunet_qpg.imaging.reading.read_image`, so a truncated or corrupt mask is an
 error naming the file, never scored as the zeros ITK would return for its missing voxels. A prediction must lie
@@ -23,8 +32,20 @@ import SimpleITK as sitk
 
 from nnunet_qpg.imaging.axial import axial_view
 from nnunet_qpg.imaging.case_names import files_by_case
+from nnunet_qpg.imaging.components import axial_spacing
 from nnunet_qpg.imaging.reading import UnreadableImageError, read_image
-from nnunet_qpg.metrics import foreground, mean_and_std, overlap_scores, slice_scores
+from nnunet_qpg.metrics import (
+    BOTH_EMPTY_HD95_MM,
+    DEFAULT_SURFACE_TOLERANCE_MM,
+    KITS19_TUMOR_LABEL,
+    false_positive_slices,
+    foreground,
+    kits19_scores,
+    mean_and_std,
+    overlap_scores,
+    slice_scores,
+    surface_scores,
+)
 
 __all__ = [
     "GEOMETRY_TOLERANCES",
@@ -52,29 +73,66 @@ class _UnscoredPair(Exception):
     """One pair that cannot be scored; the message names the file and the problem."""
 
 
+# per-volume metric -> what it is (the JSON's "per_volume_metrics"); every key is in each "per_volume" row
+PER_VOLUME_METRICS = {
+    "dice_3d": "DSC over all voxels of the volume (the evaluated structure)",
+    "slices": "axial slices with ground-truth foreground (scored as images)",
+    "surface_dice": "surface Dice at surface_tolerance_mm: surface voxels (foreground with a background "
+                    "6-neighbour) of each mask within the tolerance of the other's surface, over all surface "
+                    "voxels of both; both empty 1.0, one empty 0.0",
+    "hd95_mm": "95th percentile (linear interpolation) of the surface distances of both directions pooled, mm; "
+               f"both empty {BOTH_EMPTY_HD95_MM}, one empty null (undefined, left out of the mean)",
+    "false_positive_slices": "axial slices where the prediction has foreground and the ground truth has none",
+    "predicted_slices": "axial slices where the prediction has foreground",
+    "kits19_kidney_dice": "KiTS19 per-case score: DSC of labels 1 + 2 (kidney and tumour); null unless both "
+                          "masks hold only labels 0, 1, 2",
+    "kits19_tumor_dice": "KiTS19 per-case score: DSC of label 2 (tumour); null unless both masks hold only "
+                         "labels 0, 1, 2, and null for every case when no prediction holds label 2 (n/a)",
+}
+# the per-volume metrics whose mean and std the summary holds ({metric}_mean, {metric}_std)
+_VOLUME_MEANS = ("dice_3d", "surface_dice", "hd95_mm", "false_positive_slices", "kits19_kidney_dice",
+                 "kits19_tumor_dice")
+
+
 @dataclass
 class Evaluation:
     labels: list[int] | None
     images: list[dict] = field(default_factory=list)  # {"image", "iou", "dsc"}
-    volumes: list[dict] = field(default_factory=list)  # {"case", "dice_3d", "slices"}
+    volumes: list[dict] = field(default_factory=list)  # {"case", "dice_3d", "slices", ...: PER_VOLUME_METRICS}
     missing_predictions: list[str] = field(default_factory=list)
     unscored: list[dict] = field(default_factory=list)  # {"case", "prediction", "ground_truth", "problem"}
+    surface_tolerance_mm: float = DEFAULT_SURFACE_TOLERANCE_MM
+    tumor_predicted: bool = False  # some scored prediction holds KiTS19 label 2: the tumour Dice is scored
 
     def summary(self) -> dict:
-        """Mean and std over the scored images (and volumes); ``None`` where nothing was scored (never NaN)."""
+        """Mean and std over the scored images (and volumes); ``None`` where nothing was scored (never NaN).
+
+        With volumes: ``{metric}_mean`` and ``{metric}_std`` for each per-volume metric, over the volumes where
+        it is defined (``hd95_volumes`` and ``kits19_volumes`` say how many), ``false_positive_slices_total``,
+        and ``kits19_composite_dice`` (mean of the kidney and tumour means, the challenge's ranking score; null
+        when the tumour is n/a).
+        """
         iou_mean, iou_std = mean_and_std(row["iou"] for row in self.images)
         dsc_mean, dsc_std = mean_and_std(row["dsc"] for row in self.images)
         result = {"images": len(self.images), "iou_mean": iou_mean, "iou_std": iou_std,
                   "dsc_mean": dsc_mean, "dsc_std": dsc_std}
         if self.volumes:
-            dice_mean, dice_std = mean_and_std(row["dice_3d"] for row in self.volumes)
-            result.update(volumes=len(self.volumes), dice_3d_mean=dice_mean, dice_3d_std=dice_std)
+            result["volumes"] = len(self.volumes)
+            for metric in _VOLUME_MEANS:
+                mean, std = mean_and_std(row[metric] for row in self.volumes if row.get(metric) is not None)
+                result[f"{metric}_mean"], result[f"{metric}_std"] = mean, std
+            result["surface_tolerance_mm"] = self.surface_tolerance_mm
+            result["hd95_volumes"] = sum(row.get("hd95_mm") is not None for row in self.volumes)
+            result["false_positive_slices_total"] = sum(row.get("false_positive_slices", 0) for row in self.volumes)
+            result["kits19_volumes"] = sum(row.get("kits19_kidney_dice") is not None for row in self.volumes)
+            kidney, tumor = result["kits19_kidney_dice_mean"], result["kits19_tumor_dice_mean"]
+            result["kits19_composite_dice"] = None if kidney is None or tumor is None else (kidney + tumor) / 2
         return result
 
     def to_dict(self) -> dict:
         from nnunet_qpg.metrics import BOTH_EMPTY_SCORE
 
-        return {
+        result = {
             "metrics": "IoU (Eq. 10) and DSC (Eq. 11) per 2D image; mean and population std over images",
             "empty_masks": f"both empty -> {BOTH_EMPTY_SCORE}, one empty -> 0.0",
             "volumes_per_image": "3D volumes count each axial slice with ground-truth foreground as one image",
@@ -86,6 +144,13 @@ class Evaluation:
             "missing_predictions": self.missing_predictions,
             "unscored": self.unscored,
         }
+        if self.volumes:
+            result["per_volume_metrics"] = dict(PER_VOLUME_METRICS)
+            result["surface_tolerance_mm"] = self.surface_tolerance_mm
+            result["kits19_tumor"] = (
+                "scored: some prediction holds label 2" if self.tumor_predicted else
+                "n/a: no prediction holds label 2 (a kidney-only model's masks); kits19_tumor_dice is null")
+        return result
 
 
 @dataclass
@@ -173,6 +238,36 @@ def geometry_difference(image: sitk.Image, reference: sitk.Image, reference_name
     return None
 
 
+def _kits19_labels(labels: np.ndarray) -> bool:
+    """True when every value is one of KiTS19's labels 0, 1, 2."""
+    if labels.size == 0 or labels.min() < 0 or labels.max() > 2:
+        return False
+    return bool(np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool or np.all(np.mod(labels, 1) == 0))
+
+
+def _volume_scores(evaluation: Evaluation, prediction_image: sitk.Image, reference_image: sitk.Image,
+                   prediction_zyx: np.ndarray, reference_zyx: np.ndarray) -> dict:
+    """The per-volume scores besides the 3D Dice (PER_VOLUME_METRICS), for the evaluated structure's axial
+    views and the raw label volumes (KiTS19 grouping)."""
+    surface = surface_scores(prediction_zyx, reference_zyx, axial_spacing(reference_image),
+                             evaluation.surface_tolerance_mm)
+    row = {
+        "surface_dice": surface.surface_dice,
+        "hd95_mm": surface.hd95_mm,
+        "false_positive_slices": false_positive_slices(prediction_zyx, reference_zyx),
+        "predicted_slices": int(np.count_nonzero(prediction_zyx.any(axis=(1, 2)))),
+        "kits19_kidney_dice": None,
+        "kits19_tumor_dice": None,
+    }
+    predicted_labels = sitk.GetArrayViewFromImage(prediction_image)
+    reference_labels = sitk.GetArrayViewFromImage(reference_image)
+    if _kits19_labels(predicted_labels) and _kits19_labels(reference_labels):
+        scores = kits19_scores(predicted_labels, reference_labels)
+        row["kits19_kidney_dice"], row["kits19_tumor_dice"] = scores["kidney_dice"], scores["tumor_dice"]
+        evaluation.tumor_predicted |= bool(np.any(predicted_labels == KITS19_TUMOR_LABEL))
+    return row
+
+
 def _score_pair(evaluation: Evaluation, case: str, prediction_path: Path, reference_path: Path,
                 labels: Sequence[int] | None) -> None:
     prediction_image, reference_image = read_image(prediction_path), read_image(reference_path)
@@ -188,17 +283,26 @@ def _score_pair(evaluation: Evaluation, case: str, prediction_path: Path, refere
         evaluation.images.append({"image": case, "iou": scores.iou, "dsc": scores.dsc})
         return
     direction = reference_image.GetDirection()
-    per_slice = slice_scores(axial_view(prediction_mask, direction), axial_view(reference_mask, direction))
+    prediction_zyx, reference_zyx = axial_view(prediction_mask, direction), axial_view(reference_mask, direction)
+    per_slice = slice_scores(prediction_zyx, reference_zyx)
+    row = {"case": case, "dice_3d": overlap_scores(prediction_mask, reference_mask).dsc, "slices": len(per_slice)}
+    row.update(_volume_scores(evaluation, prediction_image, reference_image, prediction_zyx, reference_zyx))
     for index, scores in per_slice.items():
         evaluation.images.append({"image": f"{case}_{index:04d}", "iou": scores.iou, "dsc": scores.dsc})
-    evaluation.volumes.append({"case": case, "dice_3d": overlap_scores(prediction_mask, reference_mask).dsc,
-                               "slices": len(per_slice)})
+    evaluation.volumes.append(row)
 
 
-def evaluate_pairs(pairing: Pairing, labels: Sequence[int] | None = None) -> Evaluation:
-    """Score every pair; a pair that cannot be scored is recorded in ``unscored`` (file and problem)."""
+def evaluate_pairs(pairing: Pairing, labels: Sequence[int] | None = None,
+                   surface_tolerance_mm: float = DEFAULT_SURFACE_TOLERANCE_MM) -> Evaluation:
+    """Score every pair; a pair that cannot be scored is recorded in ``unscored`` (file and problem).
+
+    ``surface_tolerance_mm``: the tolerance of the volumes' surface Dice (mm, >= 0).
+    """
+    if not (np.isfinite(surface_tolerance_mm) and surface_tolerance_mm >= 0):
+        raise ValueError(f"the surface tolerance must be a distance in mm >= 0, got {surface_tolerance_mm}")
     evaluation = Evaluation(labels=list(labels) if labels else None,
-                            missing_predictions=list(pairing.missing_predictions), unscored=list(pairing.ambiguous))
+                            missing_predictions=list(pairing.missing_predictions), unscored=list(pairing.ambiguous),
+                            surface_tolerance_mm=float(surface_tolerance_mm))
     for case, (prediction_path, reference_path) in sorted(pairing.pairs.items()):
         try:
             _score_pair(evaluation, case, prediction_path, reference_path, labels)
@@ -206,12 +310,16 @@ def evaluate_pairs(pairing: Pairing, labels: Sequence[int] | None = None) -> Eva
             evaluation.unscored.append({"case": case, "prediction": str(prediction_path),
                                         "ground_truth": str(reference_path), "problem": str(error)})
     evaluation.unscored.sort(key=lambda row: row["case"])
+    if not evaluation.tumor_predicted:  # a kidney-only model: its tumour Dice would only say it was never asked
+        for row in evaluation.volumes:
+            row["kits19_tumor_dice"] = None
     return evaluation
 
 
-def evaluate_folders(predictions: Path, ground_truth: Path, labels: Sequence[int] | None = None) -> Evaluation:
+def evaluate_folders(predictions: Path, ground_truth: Path, labels: Sequence[int] | None = None,
+                     surface_tolerance_mm: float = DEFAULT_SURFACE_TOLERANCE_MM) -> Evaluation:
     """Score every ground-truth case that has a prediction; list the ones without and the ones not scored."""
-    return evaluate_pairs(pair_files(predictions, ground_truth), labels)
+    return evaluate_pairs(pair_files(predictions, ground_truth), labels, surface_tolerance_mm)
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
