@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -186,3 +187,33 @@ def write_ct_series(
         spacing=(pixel_spacing[1], pixel_spacing[0], slice_spacing),
         direction=direction, study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid, sop_uids=sop_uids,
     )
+
+
+def rasterise_rtstruct(path: Path, image: sitk.Image, series) -> dict[str, np.ndarray]:
+    """ROI name -> (slices, rows, columns) bool, each contour filled on its CT slice with the even-odd rule."""
+    import pydicom
+    from skimage.draw import polygon
+
+    ds = pydicom.dcmread(path)
+    names = {int(roi.ROINumber): str(roi.ROIName) for roi in ds.StructureSetROISequence}
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = image.GetSpacing()
+    slice_of = {uid: k for k, uid in enumerate(series.sop_instance_uids)}
+    shape = sitk.GetArrayFromImage(image).shape
+    masks = {}
+    for roi_contour in ds.ROIContourSequence:
+        raster = np.zeros(shape, dtype=bool)
+        for contour in roi_contour.get("ContourSequence", []):
+            assert contour.ContourGeometricType == "CLOSED_PLANAR"
+            k = slice_of[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
+            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            assert len(points) == int(contour.NumberOfContourPoints)
+            offsets = points - np.asarray(series.slice_positions[k])
+            assert np.allclose(offsets @ direction[:, 2], 0, atol=1e-3)  # in the plane of its slice
+            columns = offsets @ direction[:, 0] / spacing[0]
+            rows = offsets @ direction[:, 1] / spacing[1]
+            filled = np.zeros(shape[1:], dtype=bool)
+            filled[polygon(rows, columns, shape[1:])] = True
+            raster[k] ^= filled
+        masks[names[int(roi_contour.ReferencedROINumber)]] = raster
+    return masks

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 pydicom = pytest.importorskip("pydicom")
 highdicom = pytest.importorskip("highdicom")
 
-from dicom_data import PATIENT_ID, PATIENT_NAME, write_ct_series  # noqa: E402
+from dicom_data import PATIENT_ID, PATIENT_NAME, rasterise_rtstruct, write_ct_series  # noqa: E402
 
 from nnunet_qpg.dicom import (DicomSeriesError, check_dicom_support, find_series, read_ct_series,  # noqa: E402
                               write_rtstruct, write_seg)
@@ -172,35 +172,6 @@ def test_missing_extra_is_named(monkeypatch, tmp_path):
 
 
 # -- writing ------------------------------------------------------------------------------------------------------
-
-def rasterise_rtstruct(path: Path, image: sitk.Image, series) -> dict[str, np.ndarray]:
-    """ROI name -> (slices, rows, columns) bool, each contour filled on its CT slice with the even-odd rule."""
-    from skimage.draw import polygon
-
-    ds = pydicom.dcmread(path)
-    names = {int(roi.ROINumber): str(roi.ROIName) for roi in ds.StructureSetROISequence}
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    spacing = image.GetSpacing()
-    slice_of = {uid: k for k, uid in enumerate(series.sop_instance_uids)}
-    shape = sitk.GetArrayFromImage(image).shape
-    masks = {}
-    for roi_contour in ds.ROIContourSequence:
-        raster = np.zeros(shape, dtype=bool)
-        for contour in roi_contour.get("ContourSequence", []):
-            assert contour.ContourGeometricType == "CLOSED_PLANAR"
-            k = slice_of[contour.ContourImageSequence[0].ReferencedSOPInstanceUID]
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
-            assert len(points) == int(contour.NumberOfContourPoints)
-            offsets = points - np.asarray(series.slice_positions[k])
-            assert np.allclose(offsets @ direction[:, 2], 0, atol=1e-3)  # in the plane of its slice
-            columns = offsets @ direction[:, 0] / spacing[0]
-            rows = offsets @ direction[:, 1] / spacing[1]
-            filled = np.zeros(shape[1:], dtype=bool)
-            filled[polygon(rows, columns, shape[1:])] = True
-            raster[k] ^= filled
-        masks[names[int(roi_contour.ReferencedROINumber)]] = raster
-    return masks
-
 
 @pytest.mark.parametrize("geometry", [{}, ROTATED], ids=["axial", "rotated-anisotropic"])
 def test_rtstruct_contours_give_back_the_mask_and_reference_the_ct(tmp_path, geometry):

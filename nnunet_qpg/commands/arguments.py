@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-__all__ = ["non_negative_int", "positive_int"]
+__all__ = ["non_negative_float", "non_negative_int", "positive_int"]
 
 
 def _whole_number(text: str) -> int:
@@ -28,4 +29,15 @@ def non_negative_int(text: str) -> int:
     value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value

@@ -52,4 +52,14 @@ def run(args: argparse.Namespace) -> int:
 
         return load, choice.files
 
-    return run_prediction_batch("predict", args, setup, models=[args.model])
+    return run_prediction_batch("predict", args, setup, models=[args.model], label_names=model_label_names(args.model))
+
+
+def model_label_names(model_folder: Path) -> dict[int, str]:
+    """{value: name} from the model's dataset.json (ROI names, summary, overlays); {} when it names none."""
+    from nnunet_qpg.overlays import OverlayError, label_names_of
+
+    try:
+        return label_names_of(model_folder) or {}
+    except OverlayError:  # an unreadable dataset.json: setup names that problem itself
+        return {}

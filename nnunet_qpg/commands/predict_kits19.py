@@ -60,4 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
         return load, [*kidney_choice.files, *tumor_choice.files]
 
-    return run_prediction_batch("predict-kits19", args, setup, models=[args.kidney_model, args.tumor_model])
+    from nnunet_qpg.figures import KITS19_LABEL_NAMES
+
+    return run_prediction_batch("predict-kits19", args, setup, models=[args.kidney_model, args.tumor_model],
+                                label_names=KITS19_LABEL_NAMES)
