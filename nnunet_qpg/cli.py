@@ -24,12 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nnunet_qpg.dataset_conversion.kits19_to_nnunet2d",
         "KiTS19 to nnU-Net datasets: 2D (paper split and windowing) or 3D volumes",
     ),
-    "predict": ("nnunet_qpg.commands.predict", "masks for a folder of 3D CT volumes with a trained 2D model"),
+    "predict": ("nnunet_qpg.commands.predict", "masks (and RT Structure Sets, SEG) for CT volumes, NIfTI or DICOM, "
+                "with a trained 2D model"),
     "predict-kits19": ("nnunet_qpg.commands.predict_kits19", "two-stage kidney then tumour prediction, KiTS19 labels"),
     "export": ("nnunet_qpg.commands.export", "bake QPG layers into a model folder stock nnU-Net can use"),
     "export-circuits": ("nnunet_qpg.commands.export_circuits",
                         "write a trained model's VQCs as OpenQASM 2 files, to run on a quantum computer"),
-    "evaluate": ("nnunet_qpg.commands.evaluate", "per-image IoU and DSC (Eqs. 10-11) and per-volume Dice"),
+    "evaluate": ("nnunet_qpg.commands.evaluate", "per-image IoU/DSC (Eqs. 10-11); per-case 3D Dice, surface Dice, HD95, "
+                 "false-positive slices, KiTS19 scores"),
     "report": ("nnunet_qpg.commands.report", "several trained models side by side (paper Table 1)"),
     "overlay": ("nnunet_qpg.commands.overlay", "PNG figures: image, ground truth and predictions (paper Fig. 4)"),
 }

@@ -1,4 +1,7 @@
-"""Masks for a folder of 3D CT volumes with a 2D model trained on `convert-kits19` slices.
+"""Masks for a folder of 3D CT volumes (NIfTI files, and DICOM CT series anywhere below it) with a 2D model
+trained on `convert-kits19` slices; on request an RT Structure Set and a DICOM SEG per series, 3D cleanup, overlay
+PNGs. A per-volume summary (summary.csv, summary.json: each structure's volume in mL, components, axial slice
+range) is written with the masks.
 
 Each volume's axial slices (found from the header's direction matrix, any orientation) get the preprocessing
 recorded in the model's dataset.json (HU window, filters, resize), are predicted by nnU-Net's nnUNetPredictor
@@ -17,8 +20,14 @@ input, command and model (each mask's NIfTI header description holds `nnunet-qpg
 input file> model:<SHA-256 of plans.json, dataset.json and the checkpoints used>`). An existing mask of another
 input or model, or a file nnunet-qpg did not write, is named and kept (exit 1); --overwrite replaces it.
 
-example:
+DICOM series are named after their folder path below -i (never after header contents); a series that is not one
+consistent CT volume (other modality, missing slices, gantry tilt, ...) is named with the reason and skipped.
+RT Structure Sets and SEGs (--rtstruct, --dicom-seg; the 'dicom' extra) reference the input series and are marked
+research use only. A rerun makes what is missing from finished masks.
+
+examples:
   nnunet-qpg predict -i ct_volumes/ -o masks/ -m $nnUNet_results/Dataset701_KiTS19Kidney2D/nnUNetTrainerQPG__nnUNetPlans__2d -f 0
+  nnunet-qpg predict -i dicom_in/ -o contours/ -m MODEL --largest-components 2 --rtstruct --dicom-seg --overlays
 Models of the shipped trainers need no `nnUNet_extTrainer`; models of your own trainer files need their folder
 there, as for nnUNetv2_predict.
 """
