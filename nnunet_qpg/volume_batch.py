@@ -205,6 +205,7 @@ class BatchOutcome:
     completed: list[str] = field(default_factory=list)  # "name: kinds" made for masks already done
     structures: dict[str, list] = field(default_factory=dict)  # case -> summary rows (volume_outputs)
     summary_files: tuple[Path, ...] = ()
+    summary_note: str | None = None  # why no summary was written
     nifti_only: list[str] = field(default_factory=list)  # NIfTI inputs of a run asking for DICOM outputs
 
     def summary(self, command: str, output_folder: Path) -> str:
@@ -213,6 +214,8 @@ class BatchOutcome:
         if self.summary_files:
             lines.append(f"per-volume summary (structure volumes in mL, axial slice ranges, components): "
                          f"{', '.join(path.name for path in self.summary_files)}")
+        if self.summary_note:
+            lines.append(f"no per-volume summary: {self.summary_note}")
         if self.nifti_only:
             lines.append(f"no RT Structure Set / SEG for {len(self.nifti_only)} NIfTI volume(s) "
                          f"({', '.join(self.nifti_only[:3])}{', ...' if len(self.nifti_only) > 3 else ''}): DICOM "
@@ -465,7 +468,7 @@ def run_prediction_batch(command: str, args: argparse.Namespace,
         outcome = predict_folder(args.input, args.output, predict, num_parts=args.num_parts,
                                  part_id=args.part_id, overwrite=args.overwrite, non_finite=args.non_finite,
                                  command=command, model_digest=digest, outputs=outputs)
-        outcome.summary_files = write_summary(
+        outcome.summary_files, outcome.summary_note = write_summary(
             args.output, outcome.structures, {"command": command, "cleanup": outputs.cleanup.describe() or "none",
                                               "labels": {str(k): v for k, v in sorted(outputs.label_names.items())}},
             args.num_parts, args.part_id)

@@ -88,13 +88,35 @@ def summary_files(output_folder: Path, num_parts: int = 1, part_id: int = 0) -> 
     return output_folder / f"{stem}.csv", output_folder / f"{stem}.json"
 
 
+SUMMARY_MARK = "nnunet-qpg per-volume summary"
+
+
 def write_summary(output_folder: Path, volumes: dict[str, list[dict[str, Any]]], settings: dict[str, Any],
-                  num_parts: int = 1, part_id: int = 0) -> tuple[Path, Path]:
-    """Write the per-volume summary (every volume of this part with a mask, empty masks as one row with no
-    structure) as CSV and JSON, atomically."""
+                  num_parts: int = 1, part_id: int = 0) -> tuple[tuple[Path, ...], str | None]:
+    """Write the per-volume summary as CSV and JSON, atomically: one row per structure of every mask in
+    ``output_folder`` this summary knows (an empty mask is one row without a structure). ``volumes`` are this
+    run's masks (predicted or found done); rows an earlier run wrote for masks still in the folder are kept, so a
+    rerun with nothing to do changes nothing. Returns (the files, None), or ((), why nothing was written): files
+    of those names that nnunet-qpg did not write are kept."""
+    import json
+
     from nnunet_qpg.safe_io import write_json_atomically, write_text_atomically
 
     csv_path, json_path = summary_files(output_folder, num_parts, part_id)
+    earlier = None
+    if json_path.is_file():
+        try:
+            earlier = json.loads(json_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+    ours = isinstance(earlier, dict) and earlier.get("written_by") == SUMMARY_MARK
+    if (csv_path.exists() or json_path.exists()) and not ours:
+        return (), (f"{csv_path.name} / {json_path.name} exist in {output_folder} and were not written by "
+                    f"nnunet-qpg; they are kept and no summary is written (move them away and rerun)")
+    known = dict(earlier.get("volumes", {})) if ours and isinstance(earlier.get("volumes"), dict) else {}
+    known = {case: rows for case, rows in known.items() if (output_folder / f"{case}.nii.gz").is_file()}
+    known.update(volumes)
+    volumes = known
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -103,10 +125,13 @@ def write_summary(output_folder: Path, volumes: dict[str, list[dict[str, Any]]],
                                   "components": 0, "first_axial_slice": "", "last_axial_slice": "",
                                   "axial_slices": 0, "largest_component_ml": 0.0}]
         writer.writerows(rows)
-    write_text_atomically(csv_path, text.getvalue())
-    write_json_atomically(json_path, {"settings": settings,
-                                      "volumes": {case: volumes[case] for case in sorted(volumes)}})
-    return csv_path, json_path
+    content = {"written_by": SUMMARY_MARK, "settings": settings,
+               "volumes": {case: volumes[case] for case in sorted(volumes)}}
+    if not (ours and earlier == json.loads(json.dumps(content)) and csv_path.is_file()
+            and csv_path.read_text() == text.getvalue()):
+        write_text_atomically(csv_path, text.getvalue())
+        write_json_atomically(json_path, content)
+    return (csv_path, json_path), None
 
 
 def write_overlay(path: Path, image: sitk.Image, mask: sitk.Image, label_names: dict[int, str], title: str) -> Path:

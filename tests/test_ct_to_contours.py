@@ -102,3 +102,31 @@ def test_dicom_series_and_nifti_to_masks_rtstruct_seg_summary_and_overlays(tmp_p
             voxels = int((case_mask == structure["label"]).sum())
             assert structure["volume_ml"] == pytest.approx(voxels * np.prod(spacing) / 1000, abs=1e-3)
             assert structure["components"] <= 2
+
+
+def test_summary_merges_runs_keeps_foreign_files_and_rewrites_nothing_unchanged(tmp_path):
+    from nnunet_qpg.volume_outputs import write_summary
+
+    for case in ("a", "b"):
+        (tmp_path / f"{case}.nii.gz").write_bytes(b"mask")
+    row = {"case": "a", "structure": "kidney", "label": 1, "volume_ml": 1.5, "components": 2,
+           "first_axial_slice": 3, "last_axial_slice": 9, "axial_slices": 7, "largest_component_ml": 0.9}
+    files, note = write_summary(tmp_path, {"a": [row], "b": []}, {"command": "predict"})
+    assert note is None and [f.name for f in files] == ["summary.csv", "summary.json"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    # a later run that found only "b" keeps "a"'s row and, with nothing new, rewrites nothing
+    assert write_summary(tmp_path, {"b": []}, {"command": "predict"})[1] is None
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [(r["case"], r["structure"]) for r in rows] == [("a", "kidney"), ("b", "(none predicted)")]
+    # rows of masks no longer in the folder go
+    (tmp_path / "a.nii.gz").unlink()
+    write_summary(tmp_path, {}, {"command": "predict"})
+    assert list(json.loads((tmp_path / "summary.json").read_text())["volumes"]) == ["b"]
+    # a summary.csv nnunet-qpg did not write is kept, and said so
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "summary.csv").write_text("mine\n")
+    files, note = write_summary(foreign, {}, {"command": "predict"})
+    assert files == () and "were not written by nnunet-qpg" in note
+    assert (foreign / "summary.csv").read_text() == "mine\n" and not (foreign / "summary.json").exists()

@@ -33,9 +33,14 @@ def test_demo_prints_the_comparison_table(demo):
     header = next(line for line in stdout.splitlines() if "trainable params" in line)
     for column in ("model", "strategy", "train DSC", "test IoU", "test DSC"):
         assert column in header
-    rows = [line for line in stdout.splitlines() if line.strip().startswith(EXPECTED_MODELS)]
+    report = stdout[:stdout.index("paper's protocol vs whole volumes")]
+    rows = [line for line in report.splitlines() if line.strip().startswith(EXPECTED_MODELS)]
     assert len(rows) == 2 and "QPGConv LPP" in rows[0] and "classical" in rows[1], stdout[-3000:]
     assert "demo finished" in stdout
+    protocols = stdout[stdout.index("paper's protocol vs whole volumes"):]
+    for row in ("QPG ", "classical", "QPG, 3D cleanup (--largest-components 2)"):
+        assert row in protocols
+    assert "false-positive slices" in protocols and "--background-slices" in protocols
     assert "without a prediction" not in stdout, "evaluation must score the test cases only"
 
 

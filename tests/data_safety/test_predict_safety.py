@@ -191,7 +191,8 @@ def test_item6_files_of_one_case_name_are_all_named_and_masks_are_only_kept_for_
     replaced = run_cli(predict_argv(second, output, model.model_folder, "--overwrite"), model.env)
     assert replaced.returncode == 0, replaced.stdout + replaced.stderr[-3000:]
     assert "3 volume(s) predicted, 0 already done, 0 skipped" in replaced.stdout
-    assert changes(before_output, snapshot(output))["changed"] == ["good.nii.gz", "other.nii.gz", "same.nii.gz"]
+    assert changes(before_output, snapshot(output))["changed"] == ["good.nii.gz", "other.nii.gz", "same.nii.gz",
+                                                             "summary.csv", "summary.json"]
     assert_unchanged(before_inputs, snapshot(second), "the input folder")
     # now each mask records its input: a plain rerun finds them all done
     again = run_cli(predict_argv(second, output, model.model_folder), model.env)
