@@ -229,7 +229,8 @@ def print_protocols(evaluations: dict[str, Path]) -> None:
     print("\npaper's protocol vs whole volumes (test cases; the 2D model saw only slices with kidney):")
     print(format_table(rows, ["model", "per-slice DSC (kidney slices)", "3D Dice", "surface Dice @1 mm", "HD95 mm",
                               "false-positive slices"]))
-    print("  for the whole-volume result, train on slices without kidney too: convert-kits19 --background-slices 0.1")
+    print("  a model can also see slices without kidney in training: convert-kits19 --background-slices "
+          "(README, 'From CT to contours')")
 
 
 def run(args: argparse.Namespace) -> int:
