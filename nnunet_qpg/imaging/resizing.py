@@ -47,13 +47,13 @@ def _containing_pixels(in_size: int, out_size: int) -> np.ndarray:
 
 def resize_mask_to(mask_2d: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Nearest-neighbour resize of a label map to `shape` (rows, cols), pixel-centre aligned: each output pixel
-    takes the input pixel containing its centre.
+    takes the input pixel containing its centre. A stack of label maps (..., rows, cols) is resized map by map.
 
     Also the inverse of :func:`resize_mask`: a mask predicted at 256 x 256 lands back on the slice it came from.
     """
-    rows = _containing_pixels(mask_2d.shape[0], shape[0])
-    cols = _containing_pixels(mask_2d.shape[1], shape[1])
-    return mask_2d[np.ix_(rows, cols)]
+    rows = _containing_pixels(mask_2d.shape[-2], shape[0])
+    cols = _containing_pixels(mask_2d.shape[-1], shape[1])
+    return mask_2d[..., rows[:, None], cols[None, :]]
 
 
 def resize_mask(mask_2d: np.ndarray, size: int) -> np.ndarray:
