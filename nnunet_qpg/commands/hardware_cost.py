@@ -27,30 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
-from nnunet_qpg.commands.arguments import positive_int
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+from nnunet_qpg.commands.arguments import non_negative_float, positive_float, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,10 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="route one circuit per distinct (qubits, blocks) with qiskit.transpile "
                              "(optimization_level=1, seed_transpiler=0) and report its two-qubit gates: "
                              + "; ".join(f"{k}: {v}" for k, v in COUPLING_MAPS.items()) + " (default: none)")
-    device.add_argument("--circuits-per-second", type=_positive_number, default=None, metavar="R",
+    device.add_argument("--circuits-per-second", type=positive_float, default=None, metavar="R",
                         help="circuits (each with its shots) the device runs per second; gives the epoch time "
                              "circuits / R + jobs * S")
-    device.add_argument("--job-latency", type=_non_negative_number, default=None, metavar="S",
+    device.add_argument("--job-latency", type=non_negative_float, default=None, metavar="S",
                         help="seconds each job costs besides its circuits (queue, compilation, loading; default 0)")
     parser.add_argument("--iterations", type=positive_int, default=None,
                         help="training steps per epoch (default: the trainer's schedule_iterations_per_epoch if set, "
