@@ -16,6 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_training.py", "ratio = trainer time / nnUNetTrainer time"),
     ("bench_inference.py", "ratio = QPG eval time / exported time"),
     ("bench_network_generation.py", "ratio = network time / per-layer time"),
+    ("bench_volume_inference.py", "ratio = per-slice time / batched time"),
 ])
 def test_quick_mode_prints_ratios(script: str, ratio_line: str) -> None:
     if script == "bench_simulation.py":
