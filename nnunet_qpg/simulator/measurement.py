@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -37,8 +36,8 @@ from nnunet_qpg.simulator.backends import simulate
 from nnunet_qpg.simulator.noise import (NoiseModel, apply_readout_error, mitigate_readout_error,
                                         noisy_probabilities, pure_amplitudes, pure_probabilities)
 
-__all__ = ["GRADIENTS", "Execution", "check_measurable", "execution_from_settings", "measured_readout",
-           "parameter_shift_gradient", "sample_probabilities"]
+__all__ = ["GRADIENTS", "Execution", "check_measurable", "measured_readout", "parameter_shift_gradient",
+           "sample_probabilities"]
 
 GRADIENTS: dict[str, str] = {
     "backprop": "autograd through the simulated distribution (with shots: straight-through, sampled forward and "
@@ -223,11 +222,3 @@ def measured_readout(theta: torch.Tensor, num_outputs: int, readout: str, execut
     if execution.gradient == "parameter-shift" and torch.is_grad_enabled() and theta.requires_grad:
         return _ParameterShift.apply(theta, execution, backend, num_outputs)
     return _measure(theta, execution, backend, num_outputs)
-
-
-def execution_from_settings(shots: Any = None, gradient: Any = "backprop", noise: Any = None,
-                            entangle: Any = True) -> Execution:
-    """An :class:`Execution` from config values (``noise`` may be a dict as ``qpg_settings.json`` stores it)."""
-    if isinstance(noise, dict):
-        noise = NoiseModel.from_dict(noise)
-    return Execution(shots=shots, gradient=gradient, noise=noise, entangle=entangle)
