@@ -344,52 +344,56 @@ def predict_folder(
         except OSError as error:
             skip(f"{item.label}: cannot be read ({error.strerror or error})")
             continue
-        volume = metadata = None
-        if target.exists() and not overwrite:
+        volume = metadata = mask = None
+        done = target.exists() and not overwrite
+        if done:
             problem = _existing_output_problem(target, item.files[0], source)
             if problem is not None:
                 skip(f"{problem}; it is kept. Pass --overwrite to predict {item.label} again and replace it, or "
                      f"choose another -o")
                 continue
-            missing = {kind: path for kind, path in derived.items() if not path.exists()}
-            mask = read_image(target, dimension=3)
-            if missing:  # a later --rtstruct / --dicom-seg / --overlays for a finished mask reuses the mask
-                try:
-                    volume, metadata = item.read(non_finite)
-                except (UnreadableImageError, DicomSeriesError) as error:
-                    skip(str(error))
-                    continue
-                for kind, path in missing.items():
-                    _write_derived(kind, path, mask, item, volume, metadata, outputs)
-                outcome.completed.append(f"{item.label}: {', '.join(missing)}")
-            outcome.already_done.append(item.label)
-            outcome.structures[case] = structure_rows(case, mask, outputs.label_names)
-            continue
-        foreign = [path for path in derived.values() if path.exists()] if not overwrite else []
-        if foreign:
-            skip(f"{foreign[0]} exists but its mask {target.name} does not, so it is not known to be made from "
-                 f"{item.label}; it is kept. Remove it, pass --overwrite, or choose another -o")
-            continue
+            try:
+                mask = read_image(target, dimension=3)
+            except UnreadableImageError as error:
+                skip(str(error))
+                continue
+            # a later --rtstruct / --dicom-seg / --overlays for a finished mask reuses the mask
+            todo = {kind: path for kind, path in derived.items() if not path.exists()}
+        else:
+            foreign = [path for path in derived.values() if path.exists()] if not overwrite else []
+            if foreign:
+                skip(f"{foreign[0]} exists but its mask {target.name} does not, so it is not known to be made from "
+                     f"{item.label}; it is kept. Remove it, pass --overwrite, or choose another -o")
+                continue
+            todo = derived
+        if not done or todo:
+            try:
+                volume, metadata = item.read(non_finite)
+            except (UnreadableImageError, DicomSeriesError) as error:
+                skip(str(error))
+                continue
+        if not done:
+            with tqdm(total=volume.slices_rows_cols.shape[0], desc=case, unit="slice", leave=False,
+                      file=sys.stderr) as slices:
+                mask = outputs.cleanup.apply(predict(volume, slices.update))
+            mask.SetMetaData(ITK_NOTE_KEY, source.note)
         try:
-            volume, metadata = item.read(non_finite)
-        except (UnreadableImageError, DicomSeriesError) as error:
-            skip(str(error))
-            continue
-        with tqdm(total=volume.slices_rows_cols.shape[0], desc=case, unit="slice", leave=False,
-                  file=sys.stderr) as slices:
-            mask = outputs.cleanup.apply(predict(volume, slices.update))
-        mask.SetMetaData(ITK_NOTE_KEY, source.note)
-        try:
-            write_image_atomically(mask, target)
-            for kind, path in derived.items():
+            if not done:
+                write_image_atomically(mask, target)
+            for kind, path in todo.items():
                 _write_derived(kind, path, mask, item, volume, metadata, outputs)
         except UnsafeOutputError as error:  # a link planted while the volume was predicted
             skip(str(error))
             continue
         except (OSError, RuntimeError) as error:  # ITK reports a full disk as RuntimeError
             raise MaskWriteError(f"cannot write the outputs of {case}: {error_line(error)}") from None
-        outcome.predicted.append(item.label)
         outcome.structures[case] = structure_rows(case, mask, outputs.label_names)
+        if done:
+            outcome.already_done.append(item.label)
+            if todo:
+                outcome.completed.append(f"{item.label}: {', '.join(todo)}")
+            continue
+        outcome.predicted.append(item.label)
         if volume.non_finite_replaced:
             outcome.replaced_non_finite.append(f"{item.label}: {volume.non_finite_replaced} voxel(s)")
     return outcome

@@ -130,3 +130,27 @@ def test_summary_merges_runs_keeps_foreign_files_and_rewrites_nothing_unchanged(
     files, note = write_summary(foreign, {}, {"command": "predict"})
     assert files == () and "were not written by nnunet-qpg" in note
     assert (foreign / "summary.csv").read_text() == "mine\n" and not (foreign / "summary.json").exists()
+
+
+def test_outputs_added_to_a_finished_mask_fail_as_those_of_a_new_mask_do(tmp_path):
+    """A rerun adding --overlays to finished masks treats a blocked output as a first run does: the case is named
+    and skipped, the batch goes on, and the finished mask stays."""
+    from nnunet_qpg.volume_batch import MaskOutputs, predict_folder
+
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    output.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 16, 16), -100, dtype=np.int16)),
+                    str(inputs / "scan_0000.nii.gz"))
+
+    def empty_mask(volume, tick):  # the batch's contract: a mask on the volume's grid
+        return volume.label_slices(lambda slice_hu: np.zeros(slice_hu.shape, np.uint8), tick)
+
+    first = predict_folder(inputs, output, empty_mask, model_digest="m")
+    assert first.predicted == ["scan_0000.nii.gz"] and not first.skipped
+    mask_bytes = (output / "scan.nii.gz").read_bytes()
+    (output / "overlays").write_text("a file where the overlay folder would go")
+    again = predict_folder(inputs, output, empty_mask, model_digest="m", outputs=MaskOutputs(overlays=True))
+    assert not again.predicted and not again.already_done
+    assert len(again.skipped) == 1 and "overlays" in again.skipped[0]
+    assert (output / "scan.nii.gz").read_bytes() == mask_bytes
