@@ -41,9 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,54 +48,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from study_hardware import fmt, mean_std  # noqa: E402  (the sibling study's small helpers)
+from demo_task_study import DemoTaskStudy, fmt, mean_std, training_timing  # noqa: E402
 
 # background fraction -> nnU-Net dataset id (the demo's 701 for the paper's protocol)
 DATASET_IDS = {0.0: 701, 0.5: 721, 1.0: 731}
 QUICK_FRACTIONS = (0.0, 0.5)
 TRAINER = "nnUNetTrainerQPGBackgroundStudy"
 TRAINER_MODULE = "nnunet_qpg_study_background_trainers.py"
-TRAINER_TEXT = '''"""Trainer written by benchmarks/study_background_slices.py: nnUNetTrainerQPG on the demo's short schedule."""
+TRAINER_CLASS = f'''
 
-import os
-import random
-
-import numpy as np
-import torch
-
-from nnunet_qpg.nnunet_trainer import PaperProtocol
-from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
-
-
-class StudySchedule(PaperProtocol):
-    """The demo's DemoSchedule (the paper's optimizer on a short schedule), seeded from QPG_STUDY_SEED."""
-
-    schedule_epochs = {epochs}
-    schedule_iterations_per_epoch = {iterations}
-    schedule_val_iterations_per_epoch = 2
-
-    # nnU-Net records its __init__ arguments by name (my_init_kwargs): the signature must be spelled out
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        seed = int(os.environ.get("QPG_STUDY_SEED", "0"))
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        """Skipped: the study scores every model on the test volumes."""
-        self.print_to_log_file("final validation skipped (benchmarks/study_background_slices.py scores the test "
-                               "cases)")
-
-
-class {trainer}(StudySchedule, nnUNetTrainerQPG):
+class {TRAINER}(StudySchedule, nnUNetTrainerQPG):
     """nnUNetTrainerQPG (QPGConv on the segmentation heads, LPP, K=1), the demo's schedule, seeded."""
 '''
 # prediction variants: name -> extra predict options
 CLEANUPS = {"none": [], "lcc2": ["--largest-components", "2"]}
 CLEANUP_TEXT = {"none": "none (per-slice output)", "lcc2": "--largest-components 2"}
-EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
 # (JSON key of a per-seed record, table header, digits)
 METRICS = (("dsc_per_slice", "per-slice DSC (kidney slices)", 3), ("dice_3d", "3D Dice", 3),
            ("surface_dice", "surface Dice @ 1 mm", 3), ("hd95_mm", "HD95 mm", 1),
@@ -147,18 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Study:
-    def __init__(self, args: argparse.Namespace):
-        from nnunet_qpg.commands.demo import Demo
-
-        self.args = args
-        demo_args = argparse.Namespace(work=args.work, epochs=args.epochs, iterations=args.iterations,
-                                       size=args.size, device=args.device)
-        self.demo = Demo(demo_args)  # its env: nnU-Net folders in WORK, extTrainer WORK/trainers + shipped ones
-        self.demo.env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.work = self.demo.work
-        self.schedule = f"e{args.epochs}x{args.iterations}"
-
+class Study(DemoTaskStudy):
     @staticmethod
     def dataset(fraction: float) -> str:
         return f"Dataset{DATASET_IDS[fraction]:03d}_KiTS19Kidney2D"
@@ -167,21 +120,10 @@ class Study:
     def prepare(self) -> dict:
         """The demo's steps 1-3 per fraction, each skipped when done; a work folder of other task settings is
         refused. Returns the training-set sizes per fraction."""
-        from nnunet_qpg.commands.demo import TEST_CASES, TRAIN_CASES, _nnunet_script
-        from nnunet_qpg.dataset_conversion.synth_kits19 import make_synthetic_kits19
+        from nnunet_qpg.commands.demo import _nnunet_script
 
         args, work, demo = self.args, self.work, self.demo
-        settings = {"size": args.size, "volume_shape": list(args.volume_shape)}
-        record = work / "study_task.json"
-        if record.is_file() and json.loads(record.read_text()) != settings:
-            raise SystemExit(f"{work} holds a task of other settings ({record.read_text()}, wanted {settings}); "
-                             f"give another --work (the --quick task is smaller than the full study's)")
-        work.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(settings))
-        kits19 = work / "kits19"
-        demo.step(f"task 1/3: synthetic KiTS19 cases in {kits19}")
-        if not (kits19 / f"case_{TEST_CASES[-1]:05d}" / "segmentation.nii.gz").is_file():
-            make_synthetic_kits19(kits19, TRAIN_CASES + TEST_CASES, seed=0, shape=tuple(args.volume_shape))
+        kits19 = self.prepare_cases()
         demo.step("task 2/3: convert to the paper's 2D kidney dataset, once per background fraction")
         for fraction in args.fractions:
             if not (work / "nnUNet_raw" / self.dataset(fraction) / "dataset.json").is_file():
@@ -194,20 +136,7 @@ class Study:
         if todo:
             demo.command([_nnunet_script("nnUNetv2_plan_and_preprocess"), "-d", *todo, "-c", "2d",
                           "-np", "1", "-npfp", "1"])
-        # the test cases as the demo holds them: CT volumes in one folder, reference masks in another
-        self.volumes, self.references = work / "test_volumes", work / "test_labels"
-        self.volumes.mkdir(exist_ok=True)
-        self.references.mkdir(exist_ok=True)
-        for case in (f"case_{number:05d}" for number in TEST_CASES):
-            for source, target in ((kits19 / case / "imaging.nii.gz", self.volumes / f"{case}_0000.nii.gz"),
-                                   (kits19 / case / "segmentation.nii.gz", self.references / f"{case}.nii.gz")):
-                if not target.exists():
-                    shutil.copyfile(source, target)
-        trainers = work / "trainers"
-        trainers.mkdir(exist_ok=True)
-        (trainers / TRAINER_MODULE).write_text(
-            TRAINER_TEXT.replace("{epochs}", str(args.epochs)).replace("{iterations}", str(args.iterations))
-            .replace("{trainer}", TRAINER))
+        self.write_trainers(TRAINER_MODULE, "study_background_slices.py", TRAINER_CLASS)
         return {variant_name(f): self.training_set(f) for f in args.fractions}
 
     def training_set(self, fraction: float) -> dict:
@@ -227,37 +156,15 @@ class Study:
                 "fold0_train": len(fold0), "fold0_train_background": sum(n.endswith("_bg") for n in fold0)}
 
     # -- one training ------------------------------------------------------------------------------------------
-    def results_folder(self, seed: int) -> Path:
-        return self.work / f"results_{self.schedule}_seed{seed}"
-
     def model_folder(self, fraction: float, seed: int) -> Path:
         return self.results_folder(seed) / self.dataset(fraction) / f"{TRAINER}__nnUNetPlans__2d"
 
     def evaluation_file(self, fraction: float, seed: int, cleanup: str) -> Path:
         return self.work / "evaluation" / self.schedule / f"{variant_name(fraction)}_seed{seed}_{cleanup}.json"
 
-    def train(self, fraction: float, seed: int) -> str | None:
-        """nnUNetv2_train in a subprocess (its own env: results folder and seed); None, or the failure's text."""
-        from nnunet_qpg.commands.demo import _nnunet_script
-
-        env = {**self.demo.env, "nnUNet_n_proc_DA": "0", "nnUNet_results": str(self.results_folder(seed)),
-               "QPG_STUDY_SEED": str(seed)}
-        arguments = [_nnunet_script("nnUNetv2_train"), str(DATASET_IDS[fraction]), "2d", "0", "-tr", TRAINER,
-                     "-device", self.args.device]
-        self.demo.step(f"training {variant_name(fraction)} seed {seed} ({self.schedule})")
-        started = time.perf_counter()
-        done = subprocess.run(arguments, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            text = f"{' '.join(arguments[1:])} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n" \
-                   f"{done.stderr[-5000:]}"
-            print(f"  FAILED: {variant_name(fraction)} seed {seed}\n{text}", flush=True)
-            return text
-        timing = {"train_wall_s": seconds, "load_average_after": list(os.getloadavg()),
-                  "concurrent_trainings": self.args.jobs}
-        (self.model_folder(fraction, seed) / "fold_0" / "study_timing.json").write_text(json.dumps(timing, indent=1))
-        print(f"  trained {variant_name(fraction)} seed {seed} in {seconds:.0f} s", flush=True)
-        return None
+    def train_fraction(self, fraction: float, seed: int) -> str | None:
+        return self.train(DATASET_IDS[fraction], TRAINER, seed, self.model_folder(fraction, seed),
+                          f"{variant_name(fraction)} seed {seed}")
 
     def score(self, fraction: float, seed: int, cleanup: str) -> None:
         """Predict the test volumes (in this process, as the demo does) and evaluate against the references."""
@@ -273,11 +180,7 @@ class Study:
     def record(self, fraction: float, seed: int, cleanup: str) -> dict:
         model = self.model_folder(fraction, seed)
         result = json.loads(self.evaluation_file(fraction, seed, cleanup).read_text())
-        timing_file = model / "fold_0" / "study_timing.json"
-        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-        epoch_times = []
-        for log in sorted((model / "fold_0").glob("training_log_*.txt")):
-            epoch_times = [float(x) for x in EPOCH_TIME.findall(log.read_text())] or epoch_times
+        timing, epoch_times = training_timing(model)
         summary, volumes = result["summary"], result["per_volume"]
         predicted = [row["predicted_slices"] for row in volumes]
         return {
@@ -297,18 +200,11 @@ class Study:
 
     def run(self, train: bool) -> tuple[list[dict], dict]:
         """Train what is missing (--jobs at a time), score what is unscored; the records and the failures."""
-        from concurrent.futures import ThreadPoolExecutor
-
         # seed-major: a partial run has every fraction of the first seeds
         runs = [(fraction, seed) for seed in self.args.seeds for fraction in self.args.fractions]
         checkpoint = {run: self.model_folder(*run) / "fold_0" / "checkpoint_final.pth" for run in runs}
-        failures = {}
-        missing = [run for run in runs if not checkpoint[run].is_file()]
-        if train and missing:
-            with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-                for run, failure in zip(missing, pool.map(lambda r: self.train(*r), missing)):
-                    if failure is not None:
-                        failures[f"{variant_name(run[0])} seed {run[1]}"] = failure
+        failures = self.train_missing(runs, checkpoint.__getitem__, lambda run: self.train_fraction(*run),
+                                      lambda run: f"{variant_name(run[0])} seed {run[1]}") if train else {}
         records = []
         for run in runs:
             name = f"{variant_name(run[0])} seed {run[1]}"

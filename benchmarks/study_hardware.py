@@ -47,15 +47,15 @@ import argparse
 import json
 import math
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from demo_task_study import TIMING_FILE, DemoTaskStudy, fmt, mean_std, training_timing  # noqa: E402
 
 # variant -> (trainer class, QPGConfig changes as source text, shots for the plot (None: exact), series)
 VARIANTS: dict[str, tuple[str, str, int | None, str]] = {
@@ -71,43 +71,6 @@ VARIANTS: dict[str, tuple[str, str, int | None, str]] = {
 }
 QUICK_VARIANTS = ("exact", "shots100")
 TRAINER_MODULE = "nnunet_qpg_study_hardware_trainers.py"
-TRAINER_HEADER = '''"""Written by benchmarks/study_hardware.py: QPG under hardware conditions, short schedule."""
-
-import os
-import random
-
-import numpy as np
-import torch
-
-from nnunet_qpg.nnunet_trainer import PaperProtocol
-from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
-from nnunet_qpg.simulator.noise import NoiseModel
-
-# nnUNetTrainerQPG_Noisy's noise figures (readout error 2%, depolarizing 0.1% per one-qubit gate, 1% per CNOT)
-DEVICE_NOISE = NoiseModel(readout_error=0.02, one_qubit_depolarizing=0.001, two_qubit_depolarizing=0.01)
-
-
-class StudySchedule(PaperProtocol):
-    """The demo's DemoSchedule (the paper's optimizer on a short schedule), seeded from QPG_STUDY_SEED."""
-
-    schedule_epochs = {epochs}
-    schedule_iterations_per_epoch = {iterations}
-    schedule_val_iterations_per_epoch = 2
-
-    # nnU-Net records its __init__ arguments by name (my_init_kwargs): the signature must be spelled out
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        seed = int(os.environ.get("QPG_STUDY_SEED", "0"))
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        """Skipped: the study scores every model on the test volumes; nnU-Net's final export of the validation
-        cases would cost more than the short training itself."""
-        self.print_to_log_file("final validation skipped (benchmarks/study_hardware.py scores the test cases)")
-'''
 TRAINER_CLASS = '''
 
 class {name}(StudySchedule, nnUNetTrainerQPG):
@@ -115,8 +78,9 @@ class {name}(StudySchedule, nnUNetTrainerQPG):
 
     qpg_config = nnUNetTrainerQPG.qpg_config.replace({changes})
 '''
+# nnUNetTrainerQPG_Noisy's noise figures (readout error 2%, depolarizing 0.1% per one-qubit gate, 1% per CNOT),
+# written into the study's trainers and checked against the shipped trainer at run time
 DEVICE_NOISE = dict(readout_error=0.02, one_qubit_depolarizing=0.001, two_qubit_depolarizing=0.01)
-EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -163,35 +127,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------
 # Part 1: training study
 # ---------------------------------------------------------------------------------------------------------------
-class Study:
-    def __init__(self, args: argparse.Namespace):
-        from nnunet_qpg.commands.demo import Demo
-
-        self.args = args
-        demo_args = argparse.Namespace(work=args.work, epochs=args.epochs, iterations=args.iterations,
-                                       size=args.size, device=args.device)
-        self.demo = Demo(demo_args)  # its env: nnU-Net folders in WORK, extTrainer WORK/trainers + shipped ones
-        self.demo.env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.work = self.demo.work
-        self.schedule = f"e{args.epochs}x{args.iterations}"
-
+class Study(DemoTaskStudy):
     def prepare(self) -> None:
-        """The demo's steps 1-3, each skipped when done; a work folder of other task settings is refused."""
-        from nnunet_qpg.commands.demo import DATASET, DATASET_ID, TEST_CASES, TRAIN_CASES, _nnunet_script
-        from nnunet_qpg.dataset_conversion.synth_kits19 import make_synthetic_kits19
+        """The demo's steps 1-3, each skipped when done, and the study's trainers."""
+        from nnunet_qpg.commands.demo import DATASET, DATASET_ID, _nnunet_script
 
         args, work, demo = self.args, self.work, self.demo
-        settings = {"size": args.size, "volume_shape": list(args.volume_shape)}
-        record = work / "study_task.json"
-        if record.is_file() and json.loads(record.read_text()) != settings:
-            raise SystemExit(f"{work} holds a task of other settings ({record.read_text()}, wanted {settings}); "
-                             f"give another --work (the --quick task is smaller than the full study's)")
-        work.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(settings))
-        kits19 = work / "kits19"
-        demo.step(f"task 1/3: synthetic KiTS19 cases in {kits19}")
-        if not (kits19 / f"case_{TEST_CASES[-1]:05d}" / "segmentation.nii.gz").is_file():
-            make_synthetic_kits19(kits19, TRAIN_CASES + TEST_CASES, seed=0, shape=tuple(args.volume_shape))
+        kits19 = self.prepare_cases()
         demo.step("task 2/3: convert to the paper's 2D kidney dataset")
         if not (work / "nnUNet_raw" / DATASET / "dataset.json").is_file():
             demo.nnunet_qpg(["convert-kits19", str(kits19), "--task", "kidney", "--size", str(args.size),
@@ -200,30 +142,15 @@ class Study:
         if not (work / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json").is_file():
             demo.command([_nnunet_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d",
                           "-np", "1", "-npfp", "1"])
-        # the test cases as the demo holds them: CT volumes in one folder, reference masks in another
-        self.volumes, self.references = work / "test_volumes", work / "test_labels"
-        self.volumes.mkdir(exist_ok=True)
-        self.references.mkdir(exist_ok=True)
-        import shutil
-
-        for case in (f"case_{number:05d}" for number in TEST_CASES):
-            for source, target in ((kits19 / case / "imaging.nii.gz", self.volumes / f"{case}_0000.nii.gz"),
-                                   (kits19 / case / "segmentation.nii.gz", self.references / f"{case}.nii.gz")):
-                if not target.exists():
-                    shutil.copyfile(source, target)
-        trainers = work / "trainers"
-        trainers.mkdir(exist_ok=True)
-        text = TRAINER_HEADER.replace("{epochs}", str(args.epochs)).replace("{iterations}", str(args.iterations))
-        for variant, (name, changes, _, _) in VARIANTS.items():
-            text += TRAINER_CLASS.format(name=name, variant=variant, changes=changes)
-        (trainers / TRAINER_MODULE).write_text(text)
+        classes = "".join(TRAINER_CLASS.format(name=name, variant=variant, changes=changes)
+                          for variant, (name, changes, _, _) in VARIANTS.items())
+        self.write_trainers(TRAINER_MODULE, "study_hardware.py", classes,
+                            imports=f"from nnunet_qpg.simulator.noise import NoiseModel\n\n"
+                                    f"DEVICE_NOISE = NoiseModel(**{DEVICE_NOISE!r})\n")
         self.noise_check = check_against_shipped_noisy_trainer()
         print(f"  {self.noise_check}")
 
     # -- one training ------------------------------------------------------------------------------------------
-    def results_folder(self, seed: int) -> Path:
-        return self.work / f"results_{self.schedule}_seed{seed}"
-
     def model_folder(self, variant: str, seed: int) -> Path:
         from nnunet_qpg.commands.demo import DATASET
 
@@ -232,28 +159,11 @@ class Study:
     def evaluation_file(self, variant: str, seed: int) -> Path:
         return self.work / "evaluation" / self.schedule / f"{variant}_seed{seed}.json"
 
-    def train(self, variant: str, seed: int) -> str | None:
-        """nnUNetv2_train in a subprocess (its own env: results folder and seed); None, or the failure's text."""
-        from nnunet_qpg.commands.demo import DATASET_ID, _nnunet_script
+    def train_variant(self, variant: str, seed: int) -> str | None:
+        from nnunet_qpg.commands.demo import DATASET_ID
 
-        env = {**self.demo.env, "nnUNet_n_proc_DA": "0", "nnUNet_results": str(self.results_folder(seed)),
-               "QPG_STUDY_SEED": str(seed)}
-        arguments = [_nnunet_script("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", VARIANTS[variant][0],
-                     "-device", self.args.device]
-        self.demo.step(f"training {variant} seed {seed} ({self.schedule})")
-        started = time.perf_counter()
-        done = subprocess.run(arguments, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            text = f"{' '.join(arguments[1:])} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n" \
-                   f"{done.stderr[-5000:]}"
-            print(f"  FAILED: {variant} seed {seed}\n{text}", flush=True)
-            return text
-        timing = {"train_wall_s": seconds, "load_average_after": list(os.getloadavg()),
-                  "concurrent_trainings": self.args.jobs}
-        (self.model_folder(variant, seed) / "fold_0" / "study_timing.json").write_text(json.dumps(timing, indent=1))
-        print(f"  trained {variant} seed {seed} in {seconds:.0f} s", flush=True)
-        return None
+        return self.train(DATASET_ID, VARIANTS[variant][0], seed, self.model_folder(variant, seed),
+                          f"{variant} seed {seed}")
 
     def score(self, variant: str, seed: int) -> None:
         """Predict the test volumes (in this process, as the demo does) and evaluate against the references."""
@@ -266,18 +176,14 @@ class Study:
         seconds = time.perf_counter() - started
         evaluation.parent.mkdir(parents=True, exist_ok=True)
         self.demo.nnunet_qpg(["evaluate", str(predictions), str(self.references), "-o", str(evaluation)])
-        timing_file = self.model_folder(variant, seed) / "fold_0" / "study_timing.json"
-        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-        timing_file.write_text(json.dumps({**timing, "predict_wall_s": seconds}, indent=1))
+        timing, _ = training_timing(self.model_folder(variant, seed))
+        (self.model_folder(variant, seed) / "fold_0" / TIMING_FILE).write_text(
+            json.dumps({**timing, "predict_wall_s": seconds}, indent=1))
 
     def record(self, variant: str, seed: int) -> dict:
         model, evaluation = self.model_folder(variant, seed), self.evaluation_file(variant, seed)
         result = json.loads(evaluation.read_text())
-        timing_file = model / "fold_0" / "study_timing.json"
-        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-        epoch_times = []
-        for log in sorted((model / "fold_0").glob("training_log_*.txt")):
-            epoch_times = [float(x) for x in EPOCH_TIME.findall(log.read_text())] or epoch_times
+        timing, epoch_times = training_timing(model)
         summary = result["summary"]
         settings_file = model / "fold_0" / "qpg_settings.json"
         settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
@@ -294,18 +200,11 @@ class Study:
 
     def run(self, train: bool) -> tuple[list[dict], dict]:
         """Train what is missing (--jobs at a time), score what is unscored; the records and the failures."""
-        from concurrent.futures import ThreadPoolExecutor
-
         # seed-major: a partial run has every variant of the first seeds
         runs = [(variant, seed) for seed in self.args.seeds for variant in self.args.variants]
         checkpoint = {run: self.model_folder(*run) / "fold_0" / "checkpoint_final.pth" for run in runs}
-        failures = {}
-        missing = [run for run in runs if not checkpoint[run].is_file()]
-        if train and missing:
-            with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
-                for run, failure in zip(missing, pool.map(lambda r: self.train(*r), missing)):
-                    if failure is not None:
-                        failures[f"{run[0]} seed {run[1]}"] = failure
+        failures = self.train_missing(runs, checkpoint.__getitem__, lambda run: self.train_variant(*run),
+                                      lambda run: f"{run[0]} seed {run[1]}") if train else {}
         records = []
         for run in runs:
             if not checkpoint[run].is_file():
@@ -344,16 +243,6 @@ def check_against_shipped_noisy_trainer() -> str:
             return (f"nnUNetTrainerQPG_Noisy ({module.name}.py): {config.execution.describe()}; the study's "
                     f"noisy1000 {'matches it' if same else 'DIFFERS from it'}")
     return "nnUNetTrainerQPG_Noisy not found among the shipped trainers; the study uses " + repr(DEVICE_NOISE)
-
-
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def summarise(records: list[dict], variants: list[str]) -> list[dict]:
