@@ -5,6 +5,8 @@
     print(report.table())
     ...train...
     bake(network)  # plain convolutions carrying the generated kernels
+
+Circuits in the data path, for comparison (SPEC section 8): ``QuantumLayer(in_features, qubits=5, circuits=5)``.
 """
 
 __version__ = "0.1.0"
@@ -21,6 +23,8 @@ _LAZY = {
     "ConvLoRA": "nnunet_qpg.layers",
     "GeneratedKernelConv": "nnunet_qpg.layers",
     "QPGReport": "nnunet_qpg.accounting",
+    "QuantumLayer": "nnunet_qpg.quantum_layer",
+    "QuantumBlockConfig": "nnunet_qpg.quantum_bottleneck",
     "simulate_vqcs": "nnunet_qpg.simulator",
 }
 

@@ -213,6 +213,21 @@ def build_network(trainer_name: str, plans: dict, dataset_json: dict, configurat
     )
 
 
+def refuse_data_path_circuits(network: nn.Module, trainer_name: str, checkpoint_path: Path) -> None:
+    """ExportError if ``network`` holds circuits in its data path (SPEC section 8), which no bake can remove."""
+    from nnunet_qpg.quantum_bottleneck import find_quantum_layers
+
+    found = find_quantum_layers(network)
+    if found:
+        names = ", ".join(name for name, _ in found)
+        raise ExportError(
+            f"{checkpoint_path}: {trainer_name} puts variational circuits in the data path ({names}). Their input "
+            f"is the features of every voxel, so they must run for every predicted image and cannot be baked into "
+            f"convolution weights; QPG's circuits have no input and generate fixed kernels, which is what export "
+            f"bakes. Predict this model with nnUNetv2_predict -tr {trainer_name} (with nnunet-qpg installed), or "
+            f"train a QPG trainer (e.g. nnUNetTrainerQPG) for a model that exports to stock nnU-Net.")
+
+
 def _load_strict(network: nn.Module, weights: dict, what: str) -> None:
     try:
         network.load_state_dict(weights, strict=True)
@@ -399,6 +414,7 @@ def _bake_checkpoint(checkpoint_path: Path, plans: dict, dataset_json: dict,
     init_args = checkpoint["init_args"]
     configuration_manager = PlansManager(plans).get_configuration(configuration)
     network = build_network(trainer_name, plans, dataset_json, configuration)
+    refuse_data_path_circuits(network, trainer_name, checkpoint_path)
     _load_strict(network, checkpoint["network_weights"], f"{checkpoint_path} ({trainer_name})")
     network.eval()
     baked = build_network(trainer_name, plans, dataset_json, configuration)

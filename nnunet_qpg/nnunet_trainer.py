@@ -53,6 +53,7 @@ trainer name, its QPGConfig as is (``qpg_config``), the report (:meth:`QPGReport
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from typing import Any, Iterator
@@ -67,6 +68,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_qpg.accounting import QPGReport, count_trainable
 from nnunet_qpg.config import QPGConfig, QPGConfigError
+from nnunet_qpg.quantum_bottleneck import (DataPathCost, QuantumBlockConfig, QuantumBottleneck, data_path_cost,
+                                           data_path_report, place_quantum_bottleneck)
 from nnunet_qpg.safe_io import write_json_atomically
 from nnunet_qpg.surgery import apply_qpg, find_layers, find_modules
 
@@ -78,6 +81,8 @@ __all__ = [
     "QPGConfig",
     "ScheduleSettings",
     "check_pretrained_weights",
+    "data_path_blocks",
+    "data_path_lines",
     "nnUNetTrainerQPGBase",
     "paper_optimizer",
     "pretrained_weights_argument",
@@ -188,12 +193,14 @@ class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
     """
 
     qpg_config: QPGConfig | None = None
+    # A data-path circuit block after the last encoder stage (SPEC section 8; nnUNetTrainerQLayer), or None.
+    quantum_block: QuantumBlockConfig | None = None
     records_qpg_settings = True  # this trainer writes qpg_settings.json itself (see PaperProtocol)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        type(self).resolved_qpg_config()
+        type(self).check_qpg_settings()
         self.qpg_report: QPGReport | None = None
         self._qpg_swapped = False
 
@@ -234,6 +241,9 @@ class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
     def check_qpg_settings(cls) -> None:
         """Raise ``ValueError`` naming the trainer and its file when a setting is not one the library knows."""
         cls.resolved_qpg_config()
+        if cls.quantum_block is not None and not isinstance(cls.quantum_block, QuantumBlockConfig):
+            raise ValueError(f"{cls._where()}: quantum_block must be a QuantumBlockConfig(...), got "
+                             f"{type(cls.quantum_block).__name__}")
 
     @classmethod
     def build_plain_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -259,8 +269,21 @@ class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
                              f"(qpg_targets / qpg_train_only in the attribute form).") from error
 
     @classmethod
+    def adapt_network(cls, network: nn.Module) -> QPGReport | None:
+        """Everything this trainer places on the plain ``network``, in place: the data-path block (if
+        ``quantum_block`` is set), then the QPG layers; returns the QPG report (None if nothing is swapped)."""
+        if cls.quantum_block is not None:
+            place_quantum_bottleneck(network, cls.quantum_block)
+        return cls.apply_qpg_settings(network)
+
+    @classmethod
     def check_targets(cls, network: nn.Module) -> None:
         """Fail now, before any training, if a pattern matches nothing in the planned (plain) network."""
+        if cls.quantum_block is not None:
+            try:
+                place_quantum_bottleneck(copy.deepcopy(network), cls.quantum_block)
+            except ValueError as error:
+                raise ValueError(f"{cls._where()}: quantum_block: {error}") from error
         config = cls.resolved_qpg_config()
         if config.is_classical:
             return
@@ -276,10 +299,11 @@ class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        """nnU-Net's hook, also called on the class by ``nnUNetPredictor``: the plain network with QPG placed."""
+        """nnU-Net's hook, also called on the class by ``nnUNetPredictor``: the plain network with QPG (and the
+        data-path block, if any) placed."""
         network = cls.build_plain_network(plans_manager, configuration_manager, num_input_channels,
                                           num_output_channels, enable_deep_supervision)
-        cls.apply_qpg_settings(network)
+        cls.adapt_network(network)
         return network
 
     # -- training: build plain, swap after pretrained weights are in -------------------------------------------
@@ -304,7 +328,7 @@ class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
             self.initialize()
 
         def swap(module: nn.Module) -> QPGReport | None:
-            report = type(self).apply_qpg_settings(module)
+            report = type(self).adapt_network(module)
             module.to(self.device)
             return report
 
@@ -320,9 +344,14 @@ class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
         if self.qpg_report is not None:
             self.print_to_log_file(f"QPG layers of {type(self).__name__}:\n{self.qpg_report.table()}\n",
                                    add_timestamp=False)
-        else:
+        elif self.quantum_block is None:
             self.print_to_log_file(f"{type(self).__name__}: classical training, "
                                    f"{count_trainable(module):,} trainable parameters", add_timestamp=False)
+        for line in data_path_lines(module, self.configuration_manager):
+            self.print_to_log_file(line, add_timestamp=False)
+        if self.quantum_block is not None:
+            self.print_to_log_file(f"{type(self).__name__}: {count_trainable(module):,} trainable parameters",
+                                   add_timestamp=False)
         if self.local_rank == 0:
             write_json_atomically(os.path.join(self.output_folder, SETTINGS_FILE), qpg_settings_of(self, module))
 
@@ -439,6 +468,9 @@ def qpg_settings_of(trainer: nnUNetTrainer, module: nn.Module) -> dict:
         "trainer": type(trainer).__name__,
         "qpg_config": config.to_dict(),
         "qpg": report.to_dict() if report is not None else None,
+        "data_path": [{"name": name, "settings": block.config.to_dict(), "parameters": block.parameter_counts,
+                       "cost": cost.to_dict()}
+                      for name, block, cost in data_path_blocks(module, trainer.configuration_manager)],
         "trainable_parameters": count_trainable(module),
         "total_parameters": sum(p.numel() for p in module.parameters()),
         "schedule": {
@@ -449,3 +481,25 @@ def qpg_settings_of(trainer: nnUNetTrainer, module: nn.Module) -> dict:
             "weight_decay": trainer.weight_decay,
         },
     }
+
+
+def data_path_blocks(network: nn.Module, configuration_manager: ConfigurationManager,
+                     image_size: list[int] | None = None) -> list[tuple[str, QuantumBottleneck, DataPathCost]]:
+    """Every data-path block of ``network`` with its inference cost for the configuration's patch and strides,
+    per image of ``image_size`` (default: the plans' median image, a slice for 2D configurations)."""
+    found = [(name, module) for name, module in network.named_modules() if isinstance(module, QuantumBottleneck)]
+    if not found:
+        return []
+    strides = getattr(getattr(network, "encoder", None), "strides", None)
+    if strides is None:
+        strides = configuration_manager.network_arch_init_kwargs["strides"]
+    patch = list(configuration_manager.patch_size)
+    size = list(image_size or configuration_manager.median_image_size_in_voxels)[-len(patch):]
+    return [(name, block, data_path_cost(block.quantum, patch, strides, size)) for name, block in found]
+
+
+def data_path_lines(network: nn.Module, configuration_manager: ConfigurationManager,
+                    image_size: list[int] | None = None) -> list[str]:
+    """The report of every data-path block (parameters, executions per forward and per predicted image)."""
+    return [data_path_report(name, block, cost)
+            for name, block, cost in data_path_blocks(network, configuration_manager, image_size)]

@@ -36,6 +36,7 @@ from nnunet_qpg.trainers.nnUNetTrainerConvLoRA import nnUNetTrainerConvLoRA
 from nnunet_qpg.trainers.nnUNetTrainerQPG import nnUNetTrainerQPG
 from nnunet_qpg.trainers.nnUNetTrainerQPGA import nnUNetTrainerQPGA
 from nnunet_qpg.trainers.nnUNetTrainerQPG_Shots import nnUNetTrainerQPG_Noisy
+from nnunet_qpg.trainers.nnUNetTrainerQLayer import nnUNetTrainerQLayer
 
 EPOCHS = int(os.environ.get("QPG_TEST_EPOCHS", "1"))
 
@@ -59,6 +60,10 @@ class nnUNetTrainerConvLoRA_Test(Short, nnUNetTrainerConvLoRA):
 
 
 class nnUNetTrainerQPG_Noisy_Test(Short, nnUNetTrainerQPG_Noisy):
+    pass
+
+
+class nnUNetTrainerQLayer_Test(Short, nnUNetTrainerQLayer):
     pass
 
 
@@ -194,6 +199,42 @@ def test_shots_parameter_shift_and_noise_train_through_nnunet_and_predict(planne
                             "-f", "0"], planned.env)
     assert "3 layer(s) trained as a device would run them" in exported.stdout
     assert "baked from the exact distribution" in exported.stdout
+
+
+def test_data_path_circuits_train_predict_and_refuse_export(planned: Planned, tmp_path: Path, monkeypatch) -> None:
+    trainer = "nnUNetTrainerQLayer_Test"
+    log = planned.train(trainer).stdout
+    block = "encoder.stages.3.1"  # appended to the last stage of the 4-stage PlainConvUNet (bottleneck 4x4)
+    assert f"data-path circuits at {block}: 5 circuit(s) x 5 qubits, depth 2, amplitude embedding" in log
+    assert "circuit executions per forward pass: 80 (4x4 bottleneck voxels x 5)" in log
+    assert "circuit executions per predicted 32x32 image: 320 (1 patch(es) x 4 mirrorings" in log
+    saved = settings(planned, trainer)
+    assert saved["qpg"] is None
+    (data_path,) = saved["data_path"]
+    assert data_path["name"] == block and data_path["settings"]["embedding"] == "amplitude"
+    assert data_path["parameters"] == {"projection": 256 * 160 + 160, "circuit_weights": 100, "back": 25 * 256 + 256}
+    assert data_path["cost"]["executions_per_image"] == 320
+
+    weights = load_checkpoint(planned.fold_dir(trainer) / "checkpoint_final.pth")["network_weights"]
+    assert weights[f"{block}.quantum.weights"].shape == (5, 2, 2, 5)
+    assert weights[f"{block}.back.weight"].abs().sum() > 0  # the map back left zero: the circuits were trained in
+    assert_masks(planned.predict(trainer, tmp_path / "pred_qlayer"))
+    network = strict_predictor_load(planned, trainer, monkeypatch)
+    assert type(network.encoder.stages[3][1]).__name__ == "QuantumBottleneck"
+
+    target = tmp_path / "baked"
+    refused = run_command(["nnunet-qpg", "export", str(planned.fold_dir(trainer).parent), str(target), "-f", "0"],
+                          planned.env, check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "variational circuits in the data path (encoder.stages.3.1.quantum" in refused.stderr
+    assert "cannot be baked" in refused.stderr and "Traceback" not in refused.stderr
+    assert not target.exists()
+
+    info = run_command(["nnunet-qpg", "info", "-d", str(DATASET_ID), "-c", "2d", "-tr", "nnUNetTrainerQLayerAngle",
+                        "--image-size", "256", "256"], planned.env).stdout
+    assert "1 circuit(s) x 4 qubits, depth 2, angle embedding" in info
+    # 256x256 with 32x32 patches at step 0.5: 15 x 15 tiles, 4 mirrorings, 4x4 voxels x 1 circuit
+    assert "circuit executions per predicted 256x256 image: 14,400 (225 patch(es) x 4 mirrorings" in info
 
 
 @pytest.mark.parametrize("trainer, layer_type, added", [

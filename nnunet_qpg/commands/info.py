@@ -2,12 +2,15 @@
 
 Builds the network of a planned configuration (after nnUNetv2_plan_and_preprocess) exactly as a trainer would,
 applies the trainer's QPG settings (or the ones given here) and prints, per swapped layer, the classic and QPG
-parameter counts, qubits and VQCs, then the trainable totals before and after. --list prints the convolution
-names that --targets patterns match against.
+parameter counts, qubits and VQCs, then the trainable totals before and after. For a trainer with circuits in
+the data path (nnUNetTrainerQLayer, nnUNetTrainerQLayerAngle) it prints the block's parameters and its circuit
+executions per forward pass and per predicted image (what a baked QPG network does not need). --list prints the
+convolution names that --targets patterns match against.
 
 examples:
   nnunet-qpg info -d 701 -c 2d                                  # nnUNetTrainerQPG on the planned network
   nnunet-qpg info -d 701 -c 2d -tr nnUNetTrainerQPGA
+  nnunet-qpg info -d 701 -c 2d -tr nnUNetTrainerQLayer --image-size 512 512   # circuits in the data path
   nnunet-qpg info -d 701 -c 2d --targets "decoder.stages.0.*" --mode adapter --blocks 2
   nnunet-qpg info --plans nnUNetPlans.json --dataset-json dataset.json -c 2d --list
 """
@@ -51,6 +54,9 @@ def add_planned_network_arguments(parser: argparse.ArgumentParser, trainer_help:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     override = add_planned_network_arguments(parser, "trainer whose settings to apply")
     override.add_argument("--rank", type=positive_int, help="LoRA rank")
+    parser.add_argument("--image-size", type=positive_int, nargs="+", metavar="N",
+                        help="image size for the circuit executions of a data-path block (nnUNetTrainerQLayer...): "
+                             "voxels per axis of one predicted image (2d: a slice); default: the plans' median")
     parser.add_argument("--list", action="store_true", help="list the network's convolutions and stop")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
@@ -132,6 +138,8 @@ def _load_plans(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nnunet_qpg.nnunet_trainer import data_path_blocks
+    from nnunet_qpg.quantum_bottleneck import data_path_report, place_quantum_bottleneck
     from nnunet_qpg.surgery import apply_qpg, conv_listing
 
     try:
@@ -142,18 +150,35 @@ def run(args: argparse.Namespace) -> int:
         if args.list:
             print(conv_listing(network, limit=10**6))
             return 0
+        block_config = getattr(trainer, "quantum_block", None)
+        if block_config is not None:
+            place_quantum_bottleneck(network, block_config)
         report = None if config.is_classical else apply_qpg(network, config)
+        if args.image_size is not None and len(args.image_size) != len(configuration_manager.patch_size):
+            raise ValueError(f"--image-size needs {len(configuration_manager.patch_size)} numbers for the "
+                             f"{args.configuration} configuration, got {len(args.image_size)}")
+        blocks = data_path_blocks(network, configuration_manager, args.image_size)
     except ValueError as error:
         print(f"info: {error}", file=sys.stderr)
         return 2
-    if report is None:
-        total = sum(p.numel() for p in network.parameters() if p.requires_grad)
-        print(json.dumps({"trainer": args.trainer, "qpg": None, "trainable": total}) if args.json
-              else f"{args.trainer}: classical training, nothing swapped; {total:,} trainable parameters")
-        return 0
+    total = sum(p.numel() for p in network.parameters() if p.requires_grad)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(f"{trainer.__name__} ({config.describe()}) on {plans['dataset_name']} {args.configuration} "
-              f"({configuration_manager.network_arch_class_name.split('.')[-1]}){os.linesep}{report.table()}")
+        data_path = [{"name": name, "settings": block.config.to_dict(), "parameters": block.parameter_counts,
+                      "cost": cost.to_dict()} for name, block, cost in blocks]
+        out = report.to_dict() if report is not None else {"trainer": args.trainer, "qpg": None, "trainable": total}
+        if data_path:
+            out["data_path"] = data_path
+        print(json.dumps(out, indent=2) if report is not None or data_path else json.dumps(out))
+        return 0
+    if report is None and not blocks:
+        print(f"{args.trainer}: classical training, nothing swapped; {total:,} trainable parameters")
+        return 0
+    heading = (f"{trainer.__name__} ({config.describe() if report is not None else 'no QPG layers'}) on "
+               f"{plans['dataset_name']} {args.configuration} "
+               f"({configuration_manager.network_arch_class_name.split('.')[-1]})")
+    print(heading + (os.linesep + report.table() if report is not None else ""))
+    for name, block, cost in blocks:
+        print(data_path_report(name, block, cost))
+    if blocks:
+        print(f"{total:,} trainable parameters in all")
     return 0

@@ -13,7 +13,11 @@ the float64 truth every fast path below is tested against.
   :mod:`~nnunet_qpg.simulator.torchquantum_circuit` builds the circuit with TorchQuantum;
 * towards hardware (SPEC section 7): :mod:`~nnunet_qpg.simulator.measurement` -- finite shots and parameter-shift
   gradients; :mod:`~nnunet_qpg.simulator.noise` -- depolarizing gates and readout error (density matrices, Pauli
-  trajectories), the circuits without the ring; :mod:`~nnunet_qpg.simulator.qasm` -- OpenQASM 2 out, counts in.
+  trajectories), the circuits without the ring; :mod:`~nnunet_qpg.simulator.qasm` -- OpenQASM 2 out, counts in;
+* circuits in the data path (SPEC section 8, for comparison with QPG): :mod:`~nnunet_qpg.simulator.data_path` --
+  amplitude / angle embedding, RZ / RY layers with a ring or chain of CNOTs, Pauli-Y / Z readout, batched as one
+  unitary per circuit; :mod:`~nnunet_qpg.simulator.wire_cutting` -- the same circuits as fragments joined by cut
+  wires (angle embedding, chain, depth 1).
 
 Conventions (``docs/method.md``): basis index i = sum_q b_q 2^(n-1-q), qubit 0 the most significant bit;
 angles ``theta[num_vqcs, K, 2, n]`` with ``theta[:, k, 0]`` the RY and ``theta[:, k, 1]`` the RX angles of block k.
