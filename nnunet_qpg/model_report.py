@@ -113,9 +113,19 @@ def read_test_summary(path: Path) -> dict:
 
 
 def strategy_of(settings: dict | None) -> str:
+    data_path = [_data_path_strategy(block) for block in (settings or {}).get("data_path") or []]
     if not settings or not settings.get("qpg"):
-        return "classical"
-    qpg = settings["qpg"]
+        return " + ".join(data_path) if data_path else "classical"
+    return " + ".join([_qpg_strategy(settings["qpg"]), *data_path])
+
+
+def _data_path_strategy(block: dict) -> str:
+    """``data-path 5x5q amplitude``: circuits x qubits and embedding of a data-path block (SPEC section 8)."""
+    config = block.get("settings", {})
+    return f"data-path {config.get('circuits', '?')}x{config.get('qubits', '?')}q {config.get('embedding', '?')}"
+
+
+def _qpg_strategy(qpg: dict) -> str:
     mode = qpg.get("mode", "?")
     if mode == "lora":  # the QPGConfig field is "rank"; files written before QPGConfig say "r"
         rank = qpg.get("settings", {}).get("rank", qpg.get("settings", {}).get("r", "?"))

@@ -81,3 +81,7 @@ def test_report_reads_settings_files_of_both_forms():
     assert strategy_of(before) == strategy_of(now) == "ConvLoRA r=16"
     qpg = {"qpg": {"mode": "replace", "layers": [{}] * 6, "settings": QPGConfig(targets=("x",), post="sst").to_dict()}}
     assert strategy_of(qpg) == "QPGConv SST, 6 layer(s)" and strategy_of({"qpg": None}) == "classical"
+    # a data-path block (nnUNetTrainerQLayer) is not "classical", alone or beside QPG layers
+    block = {"name": "encoder.stages.4.1", "settings": {"circuits": 5, "qubits": 5, "embedding": "amplitude"}}
+    assert strategy_of({"qpg": None, "data_path": [block]}) == "data-path 5x5q amplitude"
+    assert strategy_of({**qpg, "data_path": [block]}) == "QPGConv SST, 6 layer(s) + data-path 5x5q amplitude"

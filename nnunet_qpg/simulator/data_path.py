@@ -36,6 +36,7 @@ import torch
 
 from nnunet_qpg.simulator.measurement import GRADIENTS, sample_probabilities
 from nnunet_qpg.simulator.ring import cnot_ring_permutation
+from nnunet_qpg.simulator.statevector import kron_vectors
 
 __all__ = [
     "EMBEDDINGS",
@@ -119,11 +120,7 @@ def angle_states(x: torch.Tensor) -> torch.Tensor:
     RY(a) (|0> + |1>) / sqrt(2) = ((cos a/2 - sin a/2) |0> + (sin a/2 + cos a/2) |1>) / sqrt(2).
     """
     c, s = torch.cos(x / 2), torch.sin(x / 2)
-    qubit = torch.stack([c - s, s + c], dim=-1) * (1 / math.sqrt(2.0))  # [..., n, 2]
-    state = qubit[..., 0, :]
-    for q in range(1, x.shape[-1]):
-        state = (state.unsqueeze(-1) * qubit[..., q, :].unsqueeze(-2)).flatten(-2)
-    return state
+    return kron_vectors(torch.stack([c - s, s + c], dim=-1) * (1 / math.sqrt(2.0)))
 
 
 def embedded_states(x: torch.Tensor, embedding: str) -> torch.Tensor:

@@ -85,10 +85,10 @@ def rotation_matrices(ry: torch.Tensor, rx: torch.Tensor) -> torch.Tensor:
 
 
 def kron_vectors(vectors: torch.Tensor) -> torch.Tensor:
-    """[B, n, 2] -> [B, 2^n]: v_0 (x) v_1 (x) ... (x) v_{n-1}, qubit 0 most significant."""
-    state = vectors[:, 0]
-    for q in range(1, vectors.shape[1]):
-        state = (state.unsqueeze(-1) * vectors[:, q].unsqueeze(-2)).flatten(-2)
+    """[..., n, 2] -> [..., 2^n]: v_0 (x) v_1 (x) ... (x) v_{n-1}, qubit 0 most significant."""
+    state = vectors[..., 0, :]
+    for q in range(1, vectors.shape[-2]):
+        state = (state.unsqueeze(-1) * vectors[..., q, :].unsqueeze(-2)).flatten(-2)
     return state
 
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
-
 import torch
+
+from nnunet_qpg.simulator.data_path import entangler_sources
+from nnunet_qpg.simulator.statevector import kron_vectors
 
 __all__ = ["FragmentPlan", "check_cuttable", "cut_expectations", "plan_fragments"]
 
@@ -144,31 +145,6 @@ def _qubit_states(angles: torch.Tensor, rz: torch.Tensor, ry: torch.Tensor, dtyp
     return torch.stack((c * b0 - s * b1, s * b0 + c * b1), dim=-1)
 
 
-def _kron(vectors: list[torch.Tensor]) -> torch.Tensor:
-    """v_0 (x) v_1 (x) ... over the last dimension (broadcasting the others): the first factor is the most
-    significant bit, i.e. the fragment's first qubit."""
-    state = vectors[0]
-    for vector in vectors[1:]:
-        state = (state.unsqueeze(-1) * vector.unsqueeze(-2)).flatten(-2)
-    return state
-
-
-@lru_cache(maxsize=None)
-def _chain_permutation(num_qubits: int) -> torch.Tensor:
-    """Basis indices perm with (CNOT chain psi)[i] = psi[perm[i]], for CNOT(q, q+1), q = 0 .. k-2 in that order.
-
-    A CNOT is a self-inverse permutation g of basis indices, so one gate is new[i] = old[g[i]]; gates applied in
-    order compose as perm <- perm[g].
-    """
-    index = torch.arange(2**num_qubits)
-    perm = index.clone()
-    for control in range(num_qubits - 1):
-        control_bit, target_bit = 1 << (num_qubits - 1 - control), 1 << (num_qubits - 2 - control)
-        gate = torch.where((index & control_bit) != 0, index ^ target_bit, index)
-        perm = perm[gate]
-    return perm
-
-
 def _pauli_expectations(state: torch.Tensor, qubit: int, num_qubits: int, paulis: str) -> torch.Tensor:
     """Exact <P_qubit> of normalised states ``[..., 2^k]`` for each P in ``paulis``, real ``[..., len(paulis)]``.
 
@@ -223,7 +199,8 @@ def cut_expectations(angles: torch.Tensor, weights: torch.Tensor, readout: str,
         factors = [vectors[:, :, q].unsqueeze(2) for q in fragment]
         if incoming is not None:
             factors[0] = eigenstates.expand(num_inputs, num_circuits, 6, 2)
-        state = _kron(factors)[..., _chain_permutation(k).to(angles.device)]
+        state = kron_vectors(torch.stack(torch.broadcast_tensors(*factors), dim=-2))
+        state = state[..., entangler_sources(k, "chain", angles.device)]
         # Readouts of the qubits whose last fragment this is (the outgoing cut wire is read downstream), and the
         # outgoing wire in the X, Y, Z bases. Exact values: the cut basis does not change the other qubits' values.
         read = fragment if last else fragment[:-1]
