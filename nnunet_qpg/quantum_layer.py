@@ -23,7 +23,8 @@ import math
 import torch
 from torch import nn
 
-from nnunet_qpg.simulator.data_path import check_data_path_settings, embedding_size, run_data_path_circuits
+from nnunet_qpg.simulator.data_path import (CircuitTables, check_data_path_settings, circuit_tables, embedding_size,
+                                            run_data_path_circuits)
 from nnunet_qpg.simulator.wire_cutting import FragmentPlan, check_cuttable, cut_expectations, plan_fragments
 
 __all__ = ["QuantumLayer"]
@@ -77,6 +78,13 @@ class QuantumLayer(nn.Module):
         self.projection = nn.Linear(in_features, circuits * self.inputs_per_circuit)
         self.weights = nn.Parameter(torch.empty(circuits, depth, 2, qubits).uniform_(-math.pi, math.pi))
         self.sample_in_eval = False
+        # Constant tables as non-persistent buffers: they follow .to(device / dtype), stay out of checkpoints, and a
+        # compiled network reads them instead of building them inside its graph.
+        tables = circuit_tables(qubits, entangler, readout)
+        self.register_buffer("entangler_sources", tables.sources, persistent=False)
+        # float64 (cast to the circuits' dtype when used), so that a float64 layer measures <Y> to float64 precision
+        self.register_buffer("z_signs", tables.signs, persistent=False)
+        self.register_buffer("basis_change", tables.basis_change, persistent=False)
 
     @property
     def out_features(self) -> int:
@@ -102,8 +110,10 @@ class QuantumLayer(nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 return cut_expectations(x.to(dtype), self.weights.to(dtype), self.readout, self.max_fragment_qubits)
         measured = self.training or self.sample_in_eval
+        tables = CircuitTables(self.entangler_sources, self.z_signs, self.basis_change)
         return run_data_path_circuits(x, self.weights, self.embedding, self.readout, self.entangler,
-                                      self.shots if measured else None, self.gradient if measured else "backprop")
+                                      self.shots if measured else None, self.gradient if measured else "backprop",
+                                      tables)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.shape[-1] != self.in_features:

@@ -219,3 +219,29 @@ def test_executions_per_predicted_image_follow_nnunet_sliding_window() -> None:
     assert data_path_cost(layer, [64, 64], strides, [40, 40], mirroring=False).executions_per_image == 80
     volume = data_path_cost(layer, [32, 64, 64], [[1, 1, 1], [2, 2, 2], [2, 2, 2]], [32, 64, 64])
     assert volume.bottleneck_shape == (8, 16, 16) and volume.mirrorings == 8
+
+
+@pytest.mark.parametrize("embedding", ["amplitude", "angle"])
+def test_the_block_compiles_into_one_graph_with_eager_numbers(embedding: str) -> None:
+    """nnU-Net compiles the network on CUDA by default: the block must not break the graph (aot_eager: dynamo and
+    AOTAutograd as inductor sees them, without minutes of C++ compilation)."""
+    torch.manual_seed(9)
+    network = _plain_unet()
+    _, block = place_quantum_bottleneck(network, QuantumBlockConfig(qubits=3, circuits=2, embedding=embedding))
+    nn.init.normal_(block.back.weight, std=0.1)
+    x = torch.randn(2, 1, 32, 32)
+    torch._dynamo.reset()
+    try:
+        explanation = torch._dynamo.explain(network)(x)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        compiled = torch.compile(network, backend="aot_eager")
+        grads = []
+        for call in (compiled, network):
+            network.zero_grad()
+            out = call(x)
+            out.square().mean().backward()
+            grads.append((out.detach(), block.quantum.weights.grad.clone(), block.quantum.projection.weight.grad.clone()))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    finally:
+        torch._dynamo.reset()

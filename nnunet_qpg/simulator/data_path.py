@@ -30,6 +30,7 @@ parameter shift is refused for it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -44,9 +45,10 @@ __all__ = [
     "READOUT_PAULIS",
     "amplitude_states",
     "angle_states",
+    "CircuitTables",
     "check_data_path_settings",
+    "circuit_tables",
     "circuit_unitaries",
-    "data_path_expectations",
     "embedded_states",
     "embedding_size",
     "entangler_sources",
@@ -107,9 +109,13 @@ def embedding_size(embedding: str, qubits: int) -> int:
 
 
 def amplitude_states(x: torch.Tensor) -> torch.Tensor:
-    """x / ||x|| over the last axis (2^n values); an all-zero input has no state and is refused."""
+    """x / ||x|| over the last axis (2^n values); an all-zero input has no state and is refused.
+
+    The check reads the norms back to the host, so it is skipped inside ``torch.compile`` graphs (it would break the
+    graph on every step); there an all-zero input gives NaN, which nnU-Net's loss reports.
+    """
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    if bool((norms == 0).any()):
+    if not torch.compiler.is_compiling() and bool((norms == 0).any()):
         raise ValueError("amplitude embedding of an all-zero input: a state needs a non-zero vector of amplitudes")
     return x / norms
 
@@ -184,30 +190,50 @@ def _rotation_layer(rz: torch.Tensor, ry: torch.Tensor) -> torch.Tensor:
     return layer
 
 
-@lru_cache(maxsize=None)
-def _y_basis_change(num_qubits: int) -> torch.Tensor:
-    """(x)_q H S^dagger as a real pair [2, 2^n, 2^n] (float64, CPU): maps Y's eigenstates to Z's, qubit by qubit."""
-    one = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.0, -1.0], [0.0, 1.0]]], dtype=torch.float64) / math.sqrt(2.0)
-    out = one
-    for _ in range(1, num_qubits):
-        out = _complex_kron(out, one)
-    return out
+@dataclass(frozen=True)
+class CircuitTables:
+    """The constant tables of one circuit shape: the entangler's basis permutation (``sources``, long ``[2^n]``),
+    the Z signs 1 - 2 b_q(i) (``signs``, ``[n, 2^n]``) and, for <Y> readout, (x)_q H S^dagger as a real pair
+    (``basis_change``, ``[2, 2^n, 2^n]``; None for <Z>). :class:`~nnunet_qpg.quantum_layer.QuantumLayer` keeps them
+    as buffers, so a compiled network reads them as constants instead of building them inside its graph."""
+
+    sources: torch.Tensor
+    signs: torch.Tensor
+    basis_change: torch.Tensor | None
 
 
-def circuit_unitaries(weights: torch.Tensor, entangler: str, readout: str) -> torch.Tensor:
+def circuit_tables(num_qubits: int, entangler: str, readout: str, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float64) -> CircuitTables:
+    """Fresh :class:`CircuitTables` for ``num_qubits`` qubits, the entangler and the readout."""
+    _choice("readout", readout, READOUT_PAULIS)
+    # Built outside inference mode: a table made under nnU-Net's predictor must still serve later training steps.
+    with torch.inference_mode(False):
+        index = torch.arange(1 << num_qubits, device=device)
+        bits = torch.stack([(index >> (num_qubits - 1 - q)) & 1 for q in range(num_qubits)])
+        basis_change = None
+        if readout == "Y":
+            # H S^dagger = [[1, -i], [1, i]] / sqrt(2): S^dagger then H take Y's eigenstates to Z's, qubit by qubit.
+            one = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.0, -1.0], [0.0, 1.0]]], dtype=dtype, device=device)
+            basis_change = one / math.sqrt(2.0)
+            for _ in range(1, num_qubits):
+                basis_change = _complex_kron(basis_change, one / math.sqrt(2.0))
+        return CircuitTables(entangler_sources(num_qubits, entangler, device), (1 - 2 * bits).to(dtype),
+                             basis_change)
+
+
+def circuit_unitaries(weights: torch.Tensor, tables: CircuitTables) -> torch.Tensor:
     """Each circuit's layers and readout basis change as one unitary, a real pair ``[C, 2, 2^n, 2^n]``.
 
     ``weights [C, d, 2, n]``: ``weights[:, l, 0]`` layer l's RZ angles, ``weights[:, l, 1]`` its RY angles.
     """
-    circuits, depth, _, n = weights.shape
-    sources = entangler_sources(n, entangler, weights.device)
+    n = weights.shape[-1]
     unitary = None
-    for layer in range(depth):
+    for layer in range(weights.shape[1]):
         rotation = _rotation_layer(weights[:, layer, 0], weights[:, layer, 1])
         step = rotation if unitary is None else _complex_matmul(rotation, unitary)
-        unitary = step.index_select(-2, sources) if n > 1 else step  # the entangler permutes rows
-    if readout == "Y":
-        unitary = _complex_matmul(_y_basis_change(n).to(weights.device, weights.dtype), unitary)
+        unitary = step.index_select(-2, tables.sources) if n > 1 else step  # the entangler permutes rows
+    if tables.basis_change is not None:
+        unitary = _complex_matmul(tables.basis_change.to(weights.dtype), unitary)
     return unitary
 
 
@@ -220,31 +246,15 @@ def measurement_probabilities(states: torch.Tensor, unitaries: torch.Tensor) -> 
     return amplitudes.square().sum(dim=-2)
 
 
-@lru_cache(maxsize=None)
-def _z_signs(num_qubits: int) -> torch.Tensor:
-    index = torch.arange(1 << num_qubits)
-    bits = torch.stack([(index >> (num_qubits - 1 - q)) & 1 for q in range(num_qubits)])
-    return (1 - 2 * bits).to(torch.float64)  # [n, 2^n]
-
-
-def expectations_from_probabilities(probabilities: torch.Tensor, num_qubits: int) -> torch.Tensor:
-    """<Z_q> = sum_i p_i (1 - 2 b_q(i)) for every qubit q: ``[..., 2^n] -> [..., n]``."""
-    signs = _z_signs(num_qubits).to(probabilities.device, probabilities.dtype)
-    return probabilities @ signs.T
-
-
-def data_path_expectations(x: torch.Tensor, weights: torch.Tensor, embedding: str, readout: str,
-                           entangler: str) -> torch.Tensor:
-    """Exact <P_q> of every input and circuit: x ``[N, C, 2^n or n]``, weights ``[C, d, 2, n]`` -> ``[N, C, n]``."""
-    probabilities = measurement_probabilities(embedded_states(x, embedding),
-                                              circuit_unitaries(weights, entangler, readout))
-    return expectations_from_probabilities(probabilities, weights.shape[-1])
+def expectations_from_probabilities(probabilities: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """<Z_q> = sum_i p_i (1 - 2 b_q(i)) for every qubit q: ``[..., 2^n] -> [..., n]`` (``signs``: the tables')."""
+    return probabilities @ signs.to(probabilities.dtype).T
 
 
 # -- shots and parameter shift ------------------------------------------------------------------------------------
 
 
-def _measured(states: torch.Tensor, unitaries: torch.Tensor, shots: int | None, num_qubits: int) -> torch.Tensor:
+def _measured(states: torch.Tensor, unitaries: torch.Tensor, shots: int | None, signs: torch.Tensor) -> torch.Tensor:
     """Expectations as a device estimates them: exact, or from ``shots`` samples of each input's distribution
     (straight-through when differentiated: sampled forward, exact backward)."""
     probabilities = measurement_probabilities(states, unitaries)
@@ -253,31 +263,29 @@ def _measured(states: torch.Tensor, unitaries: torch.Tensor, shots: int | None, 
         sampled = sample_probabilities(flat, shots).view_as(probabilities)
         probabilities = (probabilities + (sampled - probabilities).detach() if probabilities.requires_grad
                          else sampled)
-    return expectations_from_probabilities(probabilities, num_qubits)
+    return expectations_from_probabilities(probabilities, signs)
 
 
 class _ParameterShift(torch.autograd.Function):
     """Measured expectations forward; the two-term shift rule backward, for the weights and the angle inputs."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weights: torch.Tensor, embedding: str, readout: str, entangler: str,
-                shots: int | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weights: torch.Tensor, embedding: str, shots: int | None,
+                tables: CircuitTables) -> torch.Tensor:
         ctx.save_for_backward(x, weights)
-        ctx.settings = (embedding, readout, entangler, shots)
+        ctx.settings = (embedding, shots, tables)
         with torch.no_grad():
-            unitaries = circuit_unitaries(weights, entangler, readout)
-            return _measured(embedded_states(x, embedding), unitaries, shots, weights.shape[-1])
+            return _measured(embedded_states(x, embedding), circuit_unitaries(weights, tables), shots, tables.signs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weights = ctx.saved_tensors
-        embedding, readout, entangler, shots = ctx.settings
+        embedding, shots, tables = ctx.settings
         with torch.no_grad():
-            grad_x = _input_shift_gradient(x, weights, grad, readout, entangler, shots) \
-                if ctx.needs_input_grad[0] else None
-            grad_w = _weight_shift_gradient(x, weights, grad, embedding, readout, entangler, shots) \
+            grad_x = _input_shift_gradient(x, weights, grad, shots, tables) if ctx.needs_input_grad[0] else None
+            grad_w = _weight_shift_gradient(x, weights, grad, embedding, shots, tables) \
                 if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None
 
 
 def _chunks(count: int, per_item: int):
@@ -285,13 +293,13 @@ def _chunks(count: int, per_item: int):
     return ((start, min(count, start + step)) for start in range(0, count, step))
 
 
-def _weight_shift_gradient(x, weights, grad, embedding, readout, entangler, shots) -> torch.Tensor:
+def _weight_shift_gradient(x, weights, grad, embedding, shots, tables) -> torch.Tensor:
     """dL/dw by shifting each of the 2 d n angles of every circuit by +-pi/2 alone: 4 d n circuits per circuit."""
     circuits, depth, _, n = weights.shape
     angles = depth * 2 * n
     shift = torch.eye(angles, dtype=weights.dtype, device=weights.device).mul_(math.pi / 2).view(angles, depth, 2, n)
     shifted = torch.cat([weights.unsqueeze(1) + shift, weights.unsqueeze(1) - shift], dim=1)  # [C, 2A, d, 2, n]
-    unitaries = circuit_unitaries(shifted.reshape(-1, depth, 2, n), entangler, readout)
+    unitaries = circuit_unitaries(shifted.reshape(-1, depth, 2, n), tables)
     unitaries = unitaries.view(circuits, 2 * angles, *unitaries.shape[1:])
     states = embedded_states(x, embedding)  # [N, C, D]
     total = torch.zeros(circuits, angles, dtype=weights.dtype, device=weights.device)
@@ -301,16 +309,16 @@ def _weight_shift_gradient(x, weights, grad, embedding, readout, entangler, shot
         if shots is not None:
             probabilities = sample_probabilities(probabilities.reshape(-1, probabilities.shape[-1]),
                                                  shots).view_as(probabilities)
-        measured = expectations_from_probabilities(probabilities, n)  # [n, C, 2A, n]
+        measured = expectations_from_probabilities(probabilities, tables.signs)  # [n, C, 2A, n]
         derivative = (measured[:, :, :angles] - measured[:, :, angles:]) * 0.5
         total += torch.einsum("ncaq,ncq->ca", derivative, grad[start:stop].to(weights.dtype))
     return total.view(circuits, depth, 2, n)
 
 
-def _input_shift_gradient(x, weights, grad, readout, entangler, shots) -> torch.Tensor:
+def _input_shift_gradient(x, weights, grad, shots, tables) -> torch.Tensor:
     """dL/dx for angle embedding: each input angle shifted by +-pi/2 alone (2 n circuits per input and circuit)."""
     n = weights.shape[-1]
-    unitaries = circuit_unitaries(weights, entangler, readout)
+    unitaries = circuit_unitaries(weights, tables)
     shift = torch.eye(n, dtype=x.dtype, device=x.device).mul_(math.pi / 2)
     out = torch.empty_like(x)
     for start, stop in _chunks(x.shape[0], x.shape[1] * 2 * n * (2 << n)):
@@ -320,7 +328,7 @@ def _input_shift_gradient(x, weights, grad, readout, entangler, shots) -> torch.
         if shots is not None:
             probabilities = sample_probabilities(probabilities.reshape(-1, probabilities.shape[-1]),
                                                  shots).view_as(probabilities)
-        measured = expectations_from_probabilities(probabilities, n)  # [b, C, 2n, n]
+        measured = expectations_from_probabilities(probabilities, tables.signs)  # [b, C, 2n, n]
         derivative = (measured[:, :, :n] - measured[:, :, n:]) * 0.5  # [b, C, shifted input, qubit]
         out[start:stop] = torch.einsum("ncsq,ncq->ncs", derivative, grad[start:stop].to(x.dtype))
     return out
@@ -328,7 +336,7 @@ def _input_shift_gradient(x, weights, grad, readout, entangler, shots) -> torch.
 
 def run_data_path_circuits(x: torch.Tensor, weights: torch.Tensor, embedding: str = "amplitude",
                            readout: str = "Y", entangler: str = "ring", shots: int | None = None,
-                           gradient: str = "backprop") -> torch.Tensor:
+                           gradient: str = "backprop", tables: CircuitTables | None = None) -> torch.Tensor:
     """<P_q> of every input and circuit, exact or as a device measures them (module docstring).
 
     Args:
@@ -336,9 +344,10 @@ def run_data_path_circuits(x: torch.Tensor, weights: torch.Tensor, embedding: st
         weights: ``[C, d, 2, n]``; ``weights[:, l, 0]`` RZ and ``weights[:, l, 1]`` RY angles of layer l.
         shots: None (exact expectations) or samples per input and circuit.
         gradient: ``"backprop"`` (with shots: straight-through) or ``"parameter-shift"`` (angle embedding only).
+        tables: :func:`circuit_tables` of this shape, entangler and readout (built here when None).
 
     Returns:
-        ``[N, C, n]`` in x's dtype (float16 / bfloat16 are computed in float32), differentiable.
+        ``[N, C, n]`` in float32, or float64 if x or the weights are float64; differentiable.
     """
     if weights.dim() != 4 or weights.shape[2] != 2:
         raise ValueError(f"weights must have shape [circuits, depth, 2, qubits], got {tuple(weights.shape)}")
@@ -350,8 +359,10 @@ def run_data_path_circuits(x: torch.Tensor, weights: torch.Tensor, embedding: st
                          f"with {embedding} embedding, got {tuple(x.shape)}")
     dtype = torch.float64 if torch.float64 in (x.dtype, weights.dtype) else torch.float32
     x, weights = x.to(dtype), weights.to(dtype)
+    if tables is None:
+        tables = circuit_tables(n, entangler, readout, x.device, dtype)
     # Exact expectations: never in reduced precision, even inside an autocast region.
     with torch.autocast(x.device.type, enabled=False):
         if gradient == "parameter-shift" and torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad):
-            return _ParameterShift.apply(x, weights, embedding, readout, entangler, shots)
-        return _measured(embedded_states(x, embedding), circuit_unitaries(weights, entangler, readout), shots, n)
+            return _ParameterShift.apply(x, weights, embedding, shots, tables)
+        return _measured(embedded_states(x, embedding), circuit_unitaries(weights, tables), shots, tables.signs)
