@@ -134,6 +134,22 @@ def test_command_on_a_planned_network(plans_file, capsys):
     assert code == 0 and "no QPG layer" in out
 
 
+def test_command_counts_data_path_circuits_at_training_and_inference(plans_file, capsys):
+    """A data-path trainer is not "nothing runs on quantum hardware": its block runs per voxel, every step and
+    every predicted image (SPEC section 8)."""
+    plans = json.loads(plans_file.read_text())["configurations"]["2d"]
+    batch = plans["batch_size"]
+    code, out, err = run_command(capsys, "--plans", plans_file, "-tr", "nnUNetTrainerQLayerAngle", "--shots", "100")
+    assert code == 0, err
+    assert "nothing runs" not in out and "no QPG layer" in out
+    assert "data-path circuits at encoder.stages.2.1: 1 circuit(s) x 4 qubits" in out
+    code, out, err = run_command(capsys, "--plans", plans_file, "-tr", "nnUNetTrainerQLayerAngle", "--json")
+    (entry,) = json.loads(out)["data_path"]
+    per_forward = entry["cost"]["executions_per_forward"]
+    assert per_forward == entry["cost"]["bottleneck_shape"][0] * entry["cost"]["bottleneck_shape"][1] * 1
+    assert entry["executions_per_training_step"] == per_forward * batch
+
+
 def test_command_help_and_bad_arguments(plans_file, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_command(capsys, "--help")

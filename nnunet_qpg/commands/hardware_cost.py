@@ -14,7 +14,9 @@ circuits / R + jobs * S.
 Assumptions: only training steps run circuits; validation and inference use the exact simulation or the baked
 kernels (`nnunet-qpg export`), so they cost none. RCE layers read amplitudes, which no measurement gives: they are
 marked 'n/a (RCE needs amplitudes)' and left out of the totals. ConvLoRA layers are classical: not listed. A
-device that limits circuits per job needs more jobs than counted here.
+device that limits circuits per job needs more jobs than counted here. A trainer with circuits in the data path
+(nnUNetTrainerQLayer...) runs them at training and at inference: its block's executions per training step and per
+predicted image are printed after the table.
 
 examples:
   nnunet-qpg hardware-cost -d 701 -c 2d                                  # nnUNetTrainerQPG, 1000 shots
@@ -61,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nnunet_qpg.commands.info import planned_network
     from nnunet_qpg.hardware_cost import DEFAULT_SHOTS, NNUNET_ITERATIONS_PER_EPOCH, hardware_cost
+    from nnunet_qpg.nnunet_trainer import data_path_blocks
+    from nnunet_qpg.quantum_bottleneck import data_path_report, place_quantum_bottleneck
     from nnunet_qpg.surgery import apply_qpg
 
     try:
@@ -75,8 +79,12 @@ def run(args: argparse.Namespace) -> int:
         shots = args.shots if args.shots is not None else (config.shots or DEFAULT_SHOTS)
         iterations = args.iterations or getattr(trainer, "schedule_iterations_per_epoch", None) \
             or NNUNET_ITERATIONS_PER_EPOCH
+        block_config = getattr(trainer, "quantum_block", None)
+        if block_config is not None:
+            place_quantum_bottleneck(network, block_config)
         if not config.is_classical:
             apply_qpg(network, config)
+        blocks = data_path_blocks(network, planned.configuration_manager)
         cost = hardware_cost(network, shots, args.gradient, int(iterations), args.coupling_map,
                              args.circuits_per_second, args.job_latency)
     except ImportError as error:
@@ -85,15 +93,26 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"hardware-cost: {error}", file=sys.stderr)
         return 2
-    title = (f"{trainer.__name__} ({config.describe()}) on {plans.get('dataset_name', '?')} {args.configuration}, "
+    described = "data-path circuits, no QPG layers" if config.is_classical and blocks else config.describe()
+    title = (f"{trainer.__name__} ({described}) on {plans.get('dataset_name', '?')} {args.configuration}, "
              f"{shots:,} shots per circuit, gradient {args.gradient}")
+    batch = planned.configuration_manager.batch_size
+    data_path = [{"name": name, "cost": block_cost.to_dict(),
+                  "executions_per_training_step": block_cost.executions_per_forward * batch}
+                 for name, _, block_cost in blocks]
     if args.json:
         print(json.dumps({"trainer": trainer.__name__, "qpg": None if config.is_classical else config.describe(),
-                          "configuration": args.configuration, **cost.to_dict()}, indent=2))
+                          "configuration": args.configuration, **cost.to_dict(),
+                          **({"data_path": data_path} if data_path else {})}, indent=2))
         return 0
-    if not cost.layers:
+    if not cost.layers and not blocks:
         print(f"{title}: no QPG layer, so nothing runs on quantum hardware"
               + (" (ConvLoRA layers are classical)" if config.mode == "lora" and not config.is_classical else ""))
         return 0
-    print(f"{title}\n{cost.table()}")
+    print(f"{title}\n{cost.table()}" if cost.layers else f"{title}: no QPG layer")
+    for (name, block, block_cost), entry in zip(blocks, data_path):
+        # Circuits in the data path run at training AND at inference, unlike QPG's (SPEC section 8).
+        print(data_path_report(name, block, block_cost))
+        print(f"  per training step (batch {batch}, forward only): {entry['executions_per_training_step']:,} "
+              f"circuit executions, {entry['executions_per_training_step'] * shots:,} shots at {shots:,} each")
     return 0
