@@ -53,7 +53,6 @@ trainer name, its QPGConfig as is (``qpg_config``), the report (:meth:`QPGReport
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from typing import Any, Iterator
@@ -68,8 +67,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_qpg.accounting import QPGReport, count_trainable
 from nnunet_qpg.config import QPGConfig, QPGConfigError
-from nnunet_qpg.quantum_bottleneck import (DataPathCost, QuantumBlockConfig, QuantumBottleneck, data_path_cost,
-                                           data_path_report, place_quantum_bottleneck)
+from nnunet_qpg.quantum_bottleneck import (DataPathCost, QuantumBlockConfig, QuantumBottleneck, bottleneck_channels,
+                                           data_path_cost, data_path_report, place_quantum_bottleneck)
 from nnunet_qpg.safe_io import write_json_atomically
 from nnunet_qpg.surgery import apply_qpg, find_layers, find_modules
 
@@ -281,7 +280,7 @@ class nnUNetTrainerQPGBase(ScheduleSettings, nnUNetTrainer):
         """Fail now, before any training, if a pattern matches nothing in the planned (plain) network."""
         if cls.quantum_block is not None:
             try:
-                place_quantum_bottleneck(copy.deepcopy(network), cls.quantum_block)
+                bottleneck_channels(network)
             except ValueError as error:
                 raise ValueError(f"{cls._where()}: quantum_block: {error}") from error
         config = cls.resolved_qpg_config()

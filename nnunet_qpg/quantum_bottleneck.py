@@ -29,8 +29,8 @@ from nnunet_qpg.quantum_layer import QuantumLayer
 from nnunet_qpg.simulator.data_path import check_data_path_settings
 from nnunet_qpg.simulator.wire_cutting import check_cuttable, plan_fragments
 
-__all__ = ["DataPathCost", "QuantumBlockConfig", "QuantumBottleneck", "data_path_cost", "data_path_report",
-           "find_quantum_layers", "place_quantum_bottleneck"]
+__all__ = ["DataPathCost", "QuantumBlockConfig", "QuantumBottleneck", "bottleneck_channels", "data_path_cost",
+           "data_path_report", "find_quantum_layers", "place_quantum_bottleneck"]
 
 
 @dataclass(frozen=True)
@@ -90,21 +90,24 @@ class QuantumBottleneck(nn.Module):
                 "back": self.back.weight.numel() + self.back.bias.numel()}
 
 
-def _bottleneck_stage(network: nn.Module) -> tuple[nn.Module, int]:
+def bottleneck_channels(network: nn.Module) -> int:
+    """Channels of the last encoder stage of ``network``, where :func:`place_quantum_bottleneck` puts the block;
+    ``ValueError`` naming the architecture if it has no ``encoder.stages``."""
     encoder = getattr(network, "encoder", None)
     stages = getattr(encoder, "stages", None)
-    if not isinstance(stages, nn.Sequential) or len(stages) == 0:
+    channels = getattr(encoder, "output_channels", None)
+    if not isinstance(stages, nn.Sequential) or len(stages) == 0 or not channels:
         raise ValueError(f"{type(network).__name__} has no encoder.stages; a data-path block is placed after the "
                          f"last encoder stage of nnU-Net's PlainConvUNet or ResidualEncoderUNet")
-    return stages, len(stages) - 1
+    return int(channels[-1])
 
 
 def place_quantum_bottleneck(network: nn.Module, config: QuantumBlockConfig) -> tuple[str, QuantumBottleneck]:
     """Append a :class:`QuantumBottleneck` to the last encoder stage of ``network`` (in place); returns its
     qualified name and the block. The stage's own weights keep their names when it is an ``nn.Sequential``."""
-    stages, last = _bottleneck_stage(network)
-    channels = network.encoder.output_channels[-1]
-    block = QuantumBottleneck(channels, config)
+    block = QuantumBottleneck(bottleneck_channels(network), config)
+    stages = network.encoder.stages
+    last = len(stages) - 1
     stage = stages[last]
     if isinstance(stage, nn.Sequential):
         stage.append(block)

@@ -245,3 +245,8 @@ def test_the_block_compiles_into_one_graph_with_eager_numbers(embedding: str) ->
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     finally:
         torch._dynamo.reset()
+
+
+def test_a_network_without_encoder_stages_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="Sequential has no encoder.stages.*PlainConvUNet or ResidualEncoderUNet"):
+        place_quantum_bottleneck(nn.Sequential(nn.Conv2d(1, 4, 3)), QuantumBlockConfig())
