@@ -44,6 +44,13 @@ QPG layers hold ordinary parameters and buffers only, so checkpoints, AMP (kerne
 ``torch.compile`` and DDP need nothing else: ``apply_qpg`` hooks the network so that its forward pass generates every
 QPG kernel in one batched call before the compiled graph runs (``nnunet_qpg.generation_hooks``).
 
+Circuits in the data path (SPEC section 8)
+------------------------------------------
+A trainer may also set ``quantum_block = QuantumBlockConfig(...)`` (``trainers/nnUNetTrainerQLayer.py``): a
+:class:`~nnunet_qpg.quantum_bottleneck.QuantumBottleneck` is then appended to the last encoder stage by the same
+deferred swap (:meth:`nnUNetTrainerQPGBase.adapt_network`), and the log and ``qpg_settings.json`` add its
+parameters and circuit executions per forward pass and per predicted image (``data_path``).
+
 Parameter table and settings file
 ---------------------------------
 At the swap the log shows :meth:`QPGReport.table` (classic vs QPG parameters per layer, trainable totals before
