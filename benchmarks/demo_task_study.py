@@ -169,3 +169,39 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def study_parser(description: str, name: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every demo-task study shares (--work, --seeds, --epochs, --iterations, --skip-training,
+    --quick, --out, --jobs, --device); ``name`` names its default folders, ``quick_help`` says what --quick runs.
+    The study adds its own options, then calls :func:`resolve_study_arguments`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None,
+                        help=f"work folder (default ./{name}_work; --quick: ./{name}_quick_work)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick: 0)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per training (default 3; --quick: 1)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="training iterations per epoch (default 10; --quick: 2)")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="train nothing: score and report the finished trainings found in the work folder")
+    parser.add_argument("--quick", action="store_true", help=f"smoke test: {quick_help}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for study.json and the PNG (default benchmarks/{name}; --quick: WORK/study_out)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="trainings run at once, one torch thread each (default 1; --quick: 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default cpu)")
+    return parser
+
+
+def resolve_study_arguments(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """The shared options' defaults: 3 seeds, 3 x 10 iterations, the demo's task at --size 64, one training at a
+    time; --quick one seed, 1 x 2 iterations, a smaller task (same cases, smaller volumes and slices), 2 at once."""
+    quick = args.quick
+    args.work = (args.work or Path(f"{name}_quick_work" if quick else f"{name}_work")).resolve()
+    args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
+    args.epochs = args.epochs or (1 if quick else 3)
+    args.iterations = args.iterations or (2 if quick else 10)
+    args.out = (args.out or (args.work / "study_out" if quick else Path(__file__).resolve().parent / name)).resolve()
+    args.jobs = args.jobs or (2 if quick else 1)
+    args.size, args.volume_shape = (32, (8, 48, 48)) if quick else (64, (12, 96, 96))
+    return args

@@ -48,7 +48,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from demo_task_study import DemoTaskStudy, fmt, mean_std, training_timing  # noqa: E402
+from demo_task_study import (DemoTaskStudy, fmt, mean_std, resolve_study_arguments, study_parser,  # noqa: E402
+                              training_timing)
 
 # background fraction -> nnU-Net dataset id (the demo's 701 for the paper's protocol)
 DATASET_IDS = {0.0: 701, 0.5: 721, 1.0: 731}
@@ -74,40 +75,13 @@ def variant_name(fraction: float) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None,
-                        help="work folder (default ./study_background_slices_work; --quick: "
-                             "./study_background_slices_quick_work)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick: 0)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per training (default 3; --quick: 1)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="training iterations per epoch (default 10; --quick: 2)")
+    parser = study_parser(__doc__.split("\n\n")[0], "study_background_slices",
+                          "one seed, fractions 0 and 0.5, 1 x 2 iterations, a smaller task (8 x 48 x 48 volumes, "
+                          "32 x 32 slices), two trainings at once")
     parser.add_argument("--fractions", type=float, nargs="+", choices=list(DATASET_IDS), default=None,
                         help="background fractions to train (default 0 0.5 1; --quick: 0 0.5)")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="train nothing: report the finished trainings found in the work folder")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: one seed, fractions 0 and 0.5, 1 x 2 iterations, a smaller task "
-                             "(8 x 48 x 48 volumes, 32 x 32 slices), two trainings at once")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for study.json and the PNG (default benchmarks/study_background_slices; "
-                             "--quick: WORK/study_out)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="trainings run at once, one torch thread each (default 1; --quick: 2)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default cpu)")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    args.work = (args.work or Path("study_background_slices_quick_work" if quick
-                                   else "study_background_slices_work")).resolve()
-    args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
-    args.epochs = args.epochs or (1 if quick else 3)
-    args.iterations = args.iterations or (2 if quick else 10)
-    args.fractions = sorted(set(args.fractions or (QUICK_FRACTIONS if quick else DATASET_IDS)))
-    args.out = (args.out or (args.work / "study_out" if quick else HERE / "study_background_slices")).resolve()
-    args.jobs = args.jobs or (2 if quick else 1)
-    # the task: the demo's at --size 64; --quick a smaller one (same cases, smaller volumes and slices)
-    args.size, args.volume_shape = (32, (8, 48, 48)) if quick else (64, (12, 96, 96))
+    args = resolve_study_arguments(parser.parse_args(argv), "study_background_slices")
+    args.fractions = sorted(set(args.fractions or (QUICK_FRACTIONS if args.quick else DATASET_IDS)))
     return args
 
 

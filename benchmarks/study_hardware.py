@@ -55,7 +55,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from demo_task_study import TIMING_FILE, DemoTaskStudy, fmt, mean_std, training_timing  # noqa: E402
+from demo_task_study import (TIMING_FILE, DemoTaskStudy, fmt, mean_std, resolve_study_arguments,  # noqa: E402
+                              study_parser, training_timing)
 
 # variant -> (trainer class, QPGConfig changes as source text, shots for the plot (None: exact), series)
 VARIANTS: dict[str, tuple[str, str, int | None, str]] = {
@@ -84,41 +85,17 @@ DEVICE_NOISE = dict(readout_error=0.02, one_qubit_depolarizing=0.001, two_qubit_
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None,
-                        help="work folder (default ./study_hardware_work; --quick: ./study_hardware_quick_work)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick: 0)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per training (default 3; --quick: 1)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="training iterations per epoch (default 10; --quick: 2)")
+    parser = study_parser(__doc__.split("\n\n")[0], "study_hardware",
+                          "one seed, exact and shots100, 1 x 2 iterations, a smaller task, barren plateau for "
+                          "n=4..5, K=1..2")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help=f"variants to train (default all; --quick: {' '.join(QUICK_VARIANTS)})")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="train nothing: score and report the finished trainings found in the work folder")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: one seed, exact and shots100, 1 x 2 iterations, a smaller task, "
-                             "barren plateau for n=4..5, K=1..2")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for study.json and study_hardware.png (default benchmarks/study_hardware; "
-                             "--quick: WORK/study_out)")
     parser.add_argument("--draws", type=int, default=None,
                         help="random angle sets per (n, K) for the barren-plateau check (default 2000; --quick 100)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="trainings run at once, one torch thread each (default 1; --quick: 2)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default cpu)")
-    args = parser.parse_args(argv)
+    args = resolve_study_arguments(parser.parse_args(argv), "study_hardware")
     quick = args.quick
-    args.work = (args.work or Path("study_hardware_quick_work" if quick else "study_hardware_work")).resolve()
-    args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
-    args.epochs = args.epochs or (1 if quick else 3)
-    args.iterations = args.iterations or (2 if quick else 10)
     args.variants = args.variants or list(QUICK_VARIANTS if quick else VARIANTS)
-    args.out = (args.out or (args.work / "study_out" if quick else HERE / "study_hardware")).resolve()
-    args.jobs = args.jobs or (2 if quick else 1)
     args.draws = args.draws or (100 if quick else 2000)
-    # the task: the demo's at --size 64; --quick a smaller one (same cases, smaller volumes and slices)
-    args.size, args.volume_shape = (32, (8, 48, 48)) if quick else (64, (12, 96, 96))
     args.qubits = range(4, 6) if quick else range(4, 11)
     args.blocks = range(1, 3) if quick else range(1, 6)
     return args

@@ -57,7 +57,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from demo_task_study import DemoTaskStudy, fmt, mean_std, training_timing  # noqa: E402
+from demo_task_study import (DemoTaskStudy, fmt, mean_std, resolve_study_arguments, study_parser,  # noqa: E402
+                              training_timing)
 
 # variant -> (the study's trainer, the shipped trainer it puts the schedule on, what it places)
 VARIANTS: dict[str, tuple[str, str, str]] = {
@@ -86,45 +87,18 @@ SLICE = [256, 256]  # the image size the executions are counted for (a CT slice 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=None,
-                        help="work folder (default ./study_quantum_placements_work; --quick: "
-                             "./study_quantum_placements_quick_work)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick: 0)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per training (default 3; --quick: 1)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="training iterations per epoch (default 10; --quick: 2)")
+    parser = study_parser(__doc__.split("\n\n")[0], "study_quantum_placements",
+                          "one seed, classical and qlayer, 1 x 2 iterations, a smaller task (8 x 48 x 48 volumes, "
+                          "32 x 32 slices), 3 timing rounds")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help=f"variants (default all; --quick: {' '.join(QUICK_VARIANTS)}); the step time is "
                              f"measured for these and classical")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="train nothing: score and report the finished trainings found in the work folder")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: one seed, classical and qlayer, 1 x 2 iterations, a smaller task "
-                             "(8 x 48 x 48 volumes, 32 x 32 slices), 3 timing rounds")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for study.json and study_quantum_placements.png (default "
-                             "benchmarks/study_quantum_placements; --quick: WORK/study_out)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="trainings run at once, one torch thread each (default 1; --quick: 2)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="interleaved timing rounds of one training step per variant (default 20; --quick: 3)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default cpu)")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    args.work = (args.work or Path("study_quantum_placements_quick_work" if quick
-                                   else "study_quantum_placements_work")).resolve()
-    args.seeds = args.seeds if args.seeds is not None else ([0] if quick else [0, 1, 2])
-    args.epochs = args.epochs or (1 if quick else 3)
-    args.iterations = args.iterations or (2 if quick else 10)
-    chosen = set(args.variants or (QUICK_VARIANTS if quick else VARIANTS))
+    args = resolve_study_arguments(parser.parse_args(argv), "study_quantum_placements")
+    chosen = set(args.variants or (QUICK_VARIANTS if args.quick else VARIANTS))
     args.variants = [v for v in VARIANTS if v in chosen]  # the table's order
-    args.out = (args.out or (args.work / "study_out" if quick else HERE / "study_quantum_placements")).resolve()
-    args.jobs = args.jobs or (2 if quick else 1)
-    args.rounds = args.rounds or (3 if quick else 20)
-    # the task: the demo's at --size 64; --quick a smaller one (same cases, smaller volumes and slices)
-    args.size, args.volume_shape = (32, (8, 48, 48)) if quick else (64, (12, 96, 96))
+    args.rounds = args.rounds or (3 if args.quick else 20)
     return args
 
 
