@@ -249,6 +249,8 @@ def expected_placement(cls: type, convolutions: list[str]) -> tuple[str | None, 
         return "ConvLoRA", set(convolutions) - heads
     if cls.__name__ == "nnUNetTrainer_Paper":  # classical
         return None, set()
+    if getattr(cls, "quantum_block", None) is not None:  # circuits in the data path, no QPG layer (checked below)
+        return None, set()
     raise AssertionError(f"{cls.__name__}: no expected placement in this test; add it")
 
 
@@ -281,6 +283,12 @@ def assert_shipped_trainers_place_qpg(plans_file: Path, dataset_json_file: Path,
                        if isinstance(module, GeneratedKernelConv)}
             assert set(swapped) == expected, (configuration, name, sorted(set(swapped) ^ expected)[:6])
             assert set(swapped.values()) <= {layer_type}, (configuration, name, set(swapped.values()))
+            blocks = [names[id(module)][0] for module in network.modules()
+                      if type(module).__name__ == "QuantumBottleneck"]
+            last_stage = f"encoder.stages.{len(plain.encoder.stages) - 1}."
+            wanted = 1 if getattr(cls, "quantum_block", None) is not None else 0
+            assert len(blocks) == wanted and all(b.startswith(last_stage) for b in blocks), (configuration, name,
+                                                                                              blocks)
 
 
 # -- Dataset911: ResEnc M, 3d_fullres ---------------------------------------------------------------------------
@@ -447,7 +455,10 @@ def test_find_best_configuration_and_ensemble_over_two_qpg_models(resenc: Planne
     ])
     instructions = (resenc.results / "inference_instructions.txt").read_text()
     information = json.loads((resenc.results / "inference_information.json").read_text())
-    assert "nnUNetv2_predict" in instructions and QPG in instructions
+    # whichever wins (QPG, QPGA or their ensemble; the tiny trainings are not seeded), the instructions name it
+    selected = [model["trainer"] for model in information["best_model_or_ensemble"]["selected_model_or_models"]]
+    assert selected and set(selected) <= {QPG, QPGA}, selected
+    assert "nnUNetv2_predict" in instructions and all(trainer in instructions for trainer in selected)
     ensembles = [key for key in information["all_results"] if key.startswith("ensemble___")]
     assert len(ensembles) == 1 and QPG in ensembles[0] and QPGA in ensembles[0], list(information["all_results"])
     assert (resenc.results / "ensembles" / ensembles[0] / "summary.json").is_file()
