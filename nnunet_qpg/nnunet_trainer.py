@@ -75,7 +75,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnunet_qpg.accounting import QPGReport, count_trainable
 from nnunet_qpg.config import QPGConfig, QPGConfigError
 from nnunet_qpg.quantum_bottleneck import (DataPathCost, QuantumBlockConfig, QuantumBottleneck, bottleneck_channels,
-                                           data_path_cost, data_path_report, place_quantum_bottleneck)
+                                           data_path_cost, data_path_report, data_path_summary,
+                                           place_quantum_bottleneck)
 from nnunet_qpg.safe_io import write_json_atomically
 from nnunet_qpg.surgery import apply_qpg, find_layers, find_modules
 
@@ -474,9 +475,7 @@ def qpg_settings_of(trainer: nnUNetTrainer, module: nn.Module) -> dict:
         "trainer": type(trainer).__name__,
         "qpg_config": config.to_dict(),
         "qpg": report.to_dict() if report is not None else None,
-        "data_path": [{"name": name, "settings": block.config.to_dict(), "parameters": block.parameter_counts,
-                       "cost": cost.to_dict()}
-                      for name, block, cost in data_path_blocks(module, trainer.configuration_manager)],
+        "data_path": [data_path_summary(*entry) for entry in data_path_blocks(module, trainer.configuration_manager)],
         "trainable_parameters": count_trainable(module),
         "total_parameters": sum(p.numel() for p in module.parameters()),
         "schedule": {

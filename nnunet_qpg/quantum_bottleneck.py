@@ -25,12 +25,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunet_qpg.quantum_layer import QuantumLayer
-from nnunet_qpg.simulator.data_path import check_data_path_settings
-from nnunet_qpg.simulator.wire_cutting import check_cuttable, plan_fragments
+from nnunet_qpg.quantum_layer import QuantumLayer, check_layer_settings
 
 __all__ = ["DataPathCost", "QuantumBlockConfig", "QuantumBottleneck", "bottleneck_channels", "data_path_cost",
-           "data_path_report", "find_quantum_layers", "place_quantum_bottleneck"]
+           "data_path_report", "data_path_summary", "find_quantum_layers", "place_quantum_bottleneck"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +46,7 @@ class QuantumBlockConfig:
     gradient: str = "backprop"
 
     def __post_init__(self) -> None:
-        check_data_path_settings(self.qubits, self.depth, self.embedding, self.readout, self.entangler, self.shots,
-                                 self.gradient)
-        if isinstance(self.circuits, bool) or not isinstance(self.circuits, int) or self.circuits < 1:
-            raise ValueError(f"circuits must be an integer >= 1, got {self.circuits!r}")
-        if self.max_fragment_qubits is not None and plan_fragments(self.qubits, self.max_fragment_qubits).cuts:
-            check_cuttable(self.embedding, self.entangler, self.depth)
+        check_layer_settings(**self.to_dict())
 
     def replace(self, **changes) -> "QuantumBlockConfig":
         return dataclasses.replace(self, **changes)
@@ -164,6 +157,12 @@ def data_path_cost(layer: QuantumLayer, patch_size: Sequence[int], strides: Sequ
     steps = compute_steps_for_sliding_window(padded, list(patch_size), tile_step_size)
     return DataPathCost(bottleneck, layer.executions_per_input, tuple(int(i) for i in image_size),
                         math.prod(len(s) for s in steps), 2 ** dims if mirroring else 1, layer.shots)
+
+
+def data_path_summary(name: str, block: QuantumBottleneck, cost: DataPathCost) -> dict:
+    """A block as ``qpg_settings.json`` and the commands' ``--json`` record it: name, settings, parameters, cost."""
+    return {"name": name, "settings": block.config.to_dict(), "parameters": block.parameter_counts,
+            "cost": cost.to_dict()}
 
 
 def data_path_report(name: str, block: QuantumBottleneck, cost: DataPathCost | None = None) -> str:

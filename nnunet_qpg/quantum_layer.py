@@ -27,7 +27,28 @@ from nnunet_qpg.simulator.data_path import (CircuitTables, check_data_path_setti
                                             run_data_path_circuits)
 from nnunet_qpg.simulator.wire_cutting import FragmentPlan, check_cuttable, cut_expectations, plan_fragments
 
-__all__ = ["QuantumLayer"]
+__all__ = ["QuantumLayer", "check_layer_settings"]
+
+
+def check_layer_settings(qubits: int, circuits: int, depth: int, embedding: str, readout: str, entangler: str,
+                         max_fragment_qubits: int | None = None, shots: int | None = None,
+                         gradient: str = "backprop") -> FragmentPlan | None:
+    """``ValueError`` (naming the setting and why) for settings a :class:`QuantumLayer` cannot run; otherwise the
+    wire-cutting plan, or None when the circuits run whole (no ``max_fragment_qubits``, or it holds them)."""
+    check_data_path_settings(qubits, depth, embedding, readout, entangler, shots, gradient)
+    if isinstance(circuits, bool) or not isinstance(circuits, int) or circuits < 1:
+        raise ValueError(f"circuits must be an integer >= 1, got {circuits!r}")
+    if max_fragment_qubits is None:
+        return None
+    plan = plan_fragments(qubits, max_fragment_qubits)
+    if not plan.cuts:
+        return None
+    check_cuttable(embedding, entangler, depth)
+    if shots is not None or gradient != "backprop":
+        raise ValueError("circuit cutting is simulated here with exact fragment expectations; it does not sample "
+                         "shots nor run parameter shift. Drop shots/gradient, or max_fragment_qubits to run the "
+                         "whole circuit.")
+    return plan
 
 
 class QuantumLayer(nn.Module):
@@ -56,21 +77,10 @@ class QuantumLayer(nn.Module):
                  max_fragment_qubits: int | None = None, shots: int | None = None,
                  gradient: str = "backprop") -> None:
         super().__init__()
-        check_data_path_settings(qubits, depth, embedding, readout, entangler, shots, gradient)
-        if isinstance(circuits, bool) or not isinstance(circuits, int) or circuits < 1:
-            raise ValueError(f"circuits must be an integer >= 1, got {circuits!r}")
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"in_features must be an integer >= 1, got {in_features!r}")
-        self.fragment_plan: FragmentPlan | None = None
-        if max_fragment_qubits is not None:
-            plan = plan_fragments(qubits, max_fragment_qubits)
-            if plan.cuts:
-                check_cuttable(embedding, entangler, depth)
-                if shots is not None or gradient != "backprop":
-                    raise ValueError("circuit cutting is simulated here with exact fragment expectations; it does "
-                                     "not sample shots nor run parameter shift. Drop shots/gradient, or "
-                                     "max_fragment_qubits to run the whole circuit.")
-                self.fragment_plan = plan
+        self.fragment_plan = check_layer_settings(qubits, circuits, depth, embedding, readout, entangler,
+                                                  max_fragment_qubits, shots, gradient)
         self.in_features, self.qubits, self.circuits, self.depth = in_features, qubits, circuits, depth
         self.embedding, self.readout, self.entangler = embedding, readout, entangler
         self.max_fragment_qubits, self.shots, self.gradient = max_fragment_qubits, shots, gradient
@@ -127,9 +137,10 @@ class QuantumLayer(nn.Module):
         """One line: qubits, circuits, depth, embedding, entangler, readout, measurement and cutting."""
         text = (f"{self.circuits} circuit(s) x {self.qubits} qubits, depth {self.depth}, {self.embedding} embedding, "
                 f"{self.entangler} entangler, <{self.readout}> readout")
-        if self.shots is not None or self.gradient != "backprop":
-            text += ", " + ", ".join(part for part in (f"{self.shots:,} shots" if self.shots else "",
-                                                       self.gradient if self.gradient != "backprop" else "") if part)
+        measured = ([f"{self.shots:,} shots"] if self.shots is not None else []) \
+            + ([self.gradient] if self.gradient != "backprop" else [])
+        if measured:
+            text += ", " + ", ".join(measured)
         if self.fragment_plan is not None:
             text += f"; cut: {self.fragment_plan.describe()}"
         return text

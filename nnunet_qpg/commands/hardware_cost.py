@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_qpg.commands.info import planned_network
     from nnunet_qpg.hardware_cost import DEFAULT_SHOTS, NNUNET_ITERATIONS_PER_EPOCH, hardware_cost
     from nnunet_qpg.nnunet_trainer import data_path_blocks
-    from nnunet_qpg.quantum_bottleneck import data_path_report, place_quantum_bottleneck
+    from nnunet_qpg.quantum_bottleneck import data_path_report, data_path_summary
     from nnunet_qpg.surgery import apply_qpg
 
     try:
@@ -79,9 +79,6 @@ def run(args: argparse.Namespace) -> int:
         shots = args.shots if args.shots is not None else (config.shots or DEFAULT_SHOTS)
         iterations = args.iterations or getattr(trainer, "schedule_iterations_per_epoch", None) \
             or NNUNET_ITERATIONS_PER_EPOCH
-        block_config = getattr(trainer, "quantum_block", None)
-        if block_config is not None:
-            place_quantum_bottleneck(network, block_config)
         if not config.is_classical:
             apply_qpg(network, config)
         blocks = data_path_blocks(network, planned.configuration_manager)
@@ -97,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{trainer.__name__} ({described}) on {plans.get('dataset_name', '?')} {args.configuration}, "
              f"{shots:,} shots per circuit, gradient {args.gradient}")
     batch = planned.configuration_manager.batch_size
-    data_path = [{"name": name, "cost": block_cost.to_dict(),
-                  "executions_per_training_step": block_cost.executions_per_forward * batch}
-                 for name, _, block_cost in blocks]
+    data_path = [dict(data_path_summary(*entry), executions_per_training_step=entry[2].executions_per_forward * batch)
+                 for entry in blocks]
     if args.json:
         print(json.dumps({"trainer": trainer.__name__, "qpg": None if config.is_classical else config.describe(),
                           "configuration": args.configuration, **cost.to_dict(),

@@ -63,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class PlannedNetwork:
-    """The plain network of a planned configuration, built as a trainer builds it (deep supervision on), and the
-    trainer's QPG settings with the command line's overrides (not applied yet)."""
+    """The network of a planned configuration, built as a trainer builds it (deep supervision on, the trainer's
+    data-path block placed if it has one), and the trainer's QPG settings with the command line's overrides (not
+    applied yet)."""
 
     plans: dict
     configuration_manager: object
@@ -81,6 +82,7 @@ def planned_network(args: argparse.Namespace, changes: dict) -> PlannedNetwork:
 
     from nnunet_qpg.config import QPGConfig
     from nnunet_qpg.nnunet_trainer import nnUNetTrainerQPGBase
+    from nnunet_qpg.quantum_bottleneck import place_quantum_bottleneck
 
     plans, dataset_json = _load_plans(args)
     plans_manager = PlansManager(plans)
@@ -96,6 +98,9 @@ def planned_network(args: argparse.Namespace, changes: dict) -> PlannedNetwork:
     num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     network = nnUNetTrainerQPGBase.build_plain_network(plans_manager, configuration_manager, num_inputs,
                                                        num_outputs, True)
+    block_config = getattr(trainer, "quantum_block", None)
+    if block_config is not None:  # circuits in the data path (nnUNetTrainerQLayer...), placed as the trainer does
+        place_quantum_bottleneck(network, block_config)
     return PlannedNetwork(plans, configuration_manager, trainer, config, network)
 
 
@@ -139,7 +144,7 @@ def _load_plans(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_qpg.nnunet_trainer import data_path_blocks
-    from nnunet_qpg.quantum_bottleneck import data_path_report, place_quantum_bottleneck
+    from nnunet_qpg.quantum_bottleneck import data_path_report, data_path_summary
     from nnunet_qpg.surgery import apply_qpg, conv_listing
 
     try:
@@ -150,9 +155,6 @@ def run(args: argparse.Namespace) -> int:
         if args.list:
             print(conv_listing(network, limit=10**6))
             return 0
-        block_config = getattr(trainer, "quantum_block", None)
-        if block_config is not None:
-            place_quantum_bottleneck(network, block_config)
         report = None if config.is_classical else apply_qpg(network, config)
         if args.image_size is not None and len(args.image_size) != len(configuration_manager.patch_size):
             raise ValueError(f"--image-size needs {len(configuration_manager.patch_size)} numbers for the "
@@ -163,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     total = sum(p.numel() for p in network.parameters() if p.requires_grad)
     if args.json:
-        data_path = [{"name": name, "settings": block.config.to_dict(), "parameters": block.parameter_counts,
-                      "cost": cost.to_dict()} for name, block, cost in blocks]
+        data_path = [data_path_summary(*entry) for entry in blocks]
         out = report.to_dict() if report is not None else {"trainer": args.trainer, "qpg": None, "trainable": total}
         if data_path:
             out["data_path"] = data_path
