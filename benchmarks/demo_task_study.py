@@ -15,6 +15,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -205,3 +206,34 @@ def resolve_study_arguments(args: argparse.Namespace, name: str) -> argparse.Nam
     args.jobs = args.jobs or (2 if quick else 1)
     args.size, args.volume_shape = (32, (8, 48, 48)) if quick else (64, (12, 96, 96))
     return args
+
+
+def begin_study(args: argparse.Namespace, chosen: str) -> None:
+    """Every study's start: one torch thread (and OMP's default of one), the machine and the run's settings
+    printed; ``chosen`` ends the settings line (the variants or fractions the run trains)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from common import machine_description, set_threads
+
+    set_threads(1)
+    print(machine_description())
+    print(f"work: {args.work} | out: {args.out} | seeds {args.seeds} | {args.epochs} epochs x {args.iterations} "
+          f"iterations | {chosen}", flush=True)
+
+
+def save_figure(figure, path: Path, dpi: int) -> None:
+    """Lay out, write (the folder made if needed) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+
+
+def write_study_json(out: Path, payload: dict, failures: dict[str, str]) -> Path:
+    """OUT/study.json with every number; each failed training's text tail to stderr. Returns the file."""
+    path = out / "study.json"
+    path.write_text(json.dumps(payload, indent=1))
+    for what, failure in failures.items():
+        print(f"\nFAILED: {what}: {failure[-1500:]}", file=sys.stderr)
+    return path

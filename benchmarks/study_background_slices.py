@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,8 +47,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from demo_task_study import (DemoTaskStudy, fmt, mean_std, resolve_study_arguments, study_parser,  # noqa: E402
-                              training_timing)
+from demo_task_study import (DemoTaskStudy, begin_study, fmt, mean_std, resolve_study_arguments,  # noqa: E402
+                              save_figure, study_parser, training_timing, write_study_json)
 
 # background fraction -> nnU-Net dataset id (the demo's 701 for the paper's protocol)
 DATASET_IDS = {0.0: 701, 0.5: 721, 1.0: 731}
@@ -262,23 +261,13 @@ def draw(rows: list[dict], records: list[dict], path: Path, title: str) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
+    begin_study(args, f"background fractions {' '.join(f'{f:g}' for f in args.fractions)}")
     from common import machine_description
-
-    torch.set_num_threads(1)
-    print(machine_description())
-    print(f"work: {args.work} | out: {args.out} | seeds {args.seeds} | {args.epochs} epochs x {args.iterations} "
-          f"iterations | background fractions {' '.join(f'{f:g}' for f in args.fractions)}", flush=True)
     started = time.time()
     study = Study(args)
     training_sets = study.prepare()
@@ -323,10 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         "failures": failures,
         "wall_s": seconds, "task_preparation_s": prepared - started,
     }
-    (args.out / "study.json").write_text(json.dumps(payload, indent=1))
-    for what, failure in failures.items():
-        print(f"\nFAILED: {what}: {failure[-1500:]}", file=sys.stderr)
-    print(f"\nwrote {args.out / 'study.json'}{f' and {figure}' if figure else ''} ({seconds:.0f} s)")
+    written = write_study_json(args.out, payload, failures)
+    print(f"\nwrote {written}{f' and {figure}' if figure else ''} ({seconds:.0f} s)")
     return 1 if failures else 0
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -55,8 +54,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from demo_task_study import (TIMING_FILE, DemoTaskStudy, fmt, mean_std, resolve_study_arguments,  # noqa: E402
-                              study_parser, training_timing)
+from demo_task_study import (TIMING_FILE, DemoTaskStudy, begin_study, fmt, mean_std,  # noqa: E402
+                              resolve_study_arguments, save_figure, study_parser, training_timing,
+                              write_study_json)
 
 # variant -> (trainer class, QPGConfig changes as source text, shots for the plot (None: exact), series)
 VARIANTS: dict[str, tuple[str, str, int | None, str]] = {
@@ -397,23 +397,12 @@ def draw(rows: list[dict], records: list[dict], plateau: list[dict], path: Path,
         axis.set_title(f"barren plateau: {name}", fontsize=9)
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3, which="both")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    from common import machine_description
-
-    torch.set_num_threads(1)
-    print(machine_description())
-    print(f"work: {args.work} | out: {args.out} | seeds {args.seeds} | {args.epochs} epochs x {args.iterations} "
-          f"iterations | variants {' '.join(args.variants)}", flush=True)
+    begin_study(args, f"variants {' '.join(args.variants)}")
     started = time.time()
 
     study = Study(args)
@@ -466,10 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         "barren_plateau": plateau,
         "wall_s": {"training_study": training_seconds, "barren_plateau": plateau_seconds},
     }
-    (args.out / "study.json").write_text(json.dumps(payload, indent=1))
-    for what, failure in failures.items():
-        print(f"\nFAILED: {what}: {failure[-1500:]}", file=sys.stderr)
-    print(f"\nwrote {figure} and {args.out / 'study.json'} "
+    written = write_study_json(args.out, payload, failures)
+    print(f"\nwrote {figure} and {written} "
           f"(training part {training_seconds:.0f} s, barren plateau {plateau_seconds:.0f} s)")
     return 1 if failures else 0
 

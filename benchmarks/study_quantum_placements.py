@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -57,8 +56,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from demo_task_study import (DemoTaskStudy, fmt, mean_std, resolve_study_arguments, study_parser,  # noqa: E402
-                              training_timing)
+from demo_task_study import (DemoTaskStudy, begin_study, fmt, mean_std, resolve_study_arguments,  # noqa: E402
+                              save_figure, study_parser, training_timing, write_study_json)
 
 # variant -> (the study's trainer, the shipped trainer it puts the schedule on, what it places)
 VARIANTS: dict[str, tuple[str, str, str]] = {
@@ -446,21 +445,13 @@ def draw(rows: list[dict], records: list[dict], path: Path, title: str) -> None:
         axis.set_xticklabels(names, rotation=20, fontsize=8)
         axis.grid(alpha=0.3, axis="y")
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from common import machine_description, set_threads
-
-    set_threads(1)
-    print(machine_description())
-    print(f"work: {args.work} | out: {args.out} | seeds {args.seeds} | {args.epochs} epochs x {args.iterations} "
-          f"iterations | variants {' '.join(args.variants)} | jobs {args.jobs}", flush=True)
+    begin_study(args, f"variants {' '.join(args.variants)} | jobs {args.jobs}")
+    from common import machine_description
     started = time.time()
     study = Study(args)
     study.prepare()
@@ -522,10 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": {"total": seconds, "task_preparation": prepared - started, "train_score_export": trained - prepared,
                    "step_timing": timing_seconds},
     }
-    (args.out / "study.json").write_text(json.dumps(payload, indent=1))
-    for what, failure in failures.items():
-        print(f"\nFAILED: {what}: {failure[-1500:]}", file=sys.stderr)
-    print(f"\nwrote {figure} and {args.out / 'study.json'} ({seconds:.0f} s: preparation {prepared - started:.0f} s, "
+    written = write_study_json(args.out, payload, failures)
+    print(f"\nwrote {figure} and {written} ({seconds:.0f} s: preparation {prepared - started:.0f} s, "
           f"trainings + scoring {trained - prepared:.0f} s, step timing {timing_seconds:.0f} s)")
     return 1 if failures else 0
 
