@@ -35,12 +35,12 @@ import math
 from dataclasses import dataclass
 import torch
 
-from nnunet_qpg.simulator.data_path import entangler_sources
+from nnunet_qpg.simulator.data_path import READOUT_PAULIS, entangler_sources
 from nnunet_qpg.simulator.statevector import kron_vectors
 
 __all__ = ["FragmentPlan", "check_cuttable", "cut_expectations", "plan_fragments"]
 
-_READOUTS = ("Y", "Z")
+_READOUTS = tuple(READOUT_PAULIS)  # the data-path circuits' readouts
 
 
 @dataclass(frozen=True)
